@@ -1,0 +1,83 @@
+"""Pure-torch twins of the native kernels in ``kernels/``: the fallback and the test oracle.
+
+Each function computes exactly what its kernel computes, in the same float32 operation order, so the two agree
+bit for bit on the CPU (the CUDA kernel avoids fused multiply-adds for the same reason).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .noise import DIFFUSION_STREAM, POSTERIOR_STREAM, ensemble_normals
+
+
+def ensemble_noise(
+    keys: Sequence[int], seed: int, ensemble_size: int, latent_shape: Sequence[int], stream: int
+) -> torch.Tensor:  # [B, E, *latent_shape] float32 (CPU)
+    """Twin of the noise part of ``ensemble_latents``: the contract's normals for each image key."""
+    numel = int(np.prod(latent_shape))
+    out = np.stack([ensemble_normals(k, seed, ensemble_size, numel, stream) for k in keys]) if keys else np.zeros(
+        (0, ensemble_size, numel), np.float32
+    )
+    return torch.from_numpy(out).reshape(len(keys), ensemble_size, *latent_shape)
+
+
+def combine_latents(
+    mean: torch.Tensor,  # [B, 4, h, w] float32
+    std: torch.Tensor,  # [B, 4, h, w] float32
+    eps_posterior: torch.Tensor,  # [B, E, 4, h, w] float32
+    eps_diffusion: torch.Tensor,  # [B, E, 4, h, w] float32
+    sqrt_alpha: float,
+    sqrt_one_minus_alpha: float,
+    scaling_factor: float,
+) -> torch.Tensor:  # [B*E, 4, h, w] float32
+    """z0 = (μ + σ·ε₁)·s;  x_t = √ᾱ·z0 + √(1−ᾱ)·ε₂, one rounding per operation."""
+    z0 = (mean[:, None] + std[:, None] * eps_posterior) * scaling_factor
+    x_t = sqrt_alpha * z0 + sqrt_one_minus_alpha * eps_diffusion
+    return x_t.flatten(0, 1)
+
+
+def ensemble_latents(
+    mean: torch.Tensor,  # [B, 4, h, w]
+    std: torch.Tensor,  # [B, 4, h, w]
+    keys: Sequence[int],
+    seed: int,
+    ensemble_size: int,
+    sqrt_alpha: float,
+    sqrt_one_minus_alpha: float,
+    scaling_factor: float,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:  # [B*E, 4, h, w] in out_dtype
+    """Twin of the ``ensemble_latents`` kernel: contract noise drawn and combined, cast once to ``out_dtype``."""
+    shape = tuple(mean.shape[1:])
+    eps1 = ensemble_noise(keys, seed, ensemble_size, shape, POSTERIOR_STREAM).to(mean.device)
+    eps2 = ensemble_noise(keys, seed, ensemble_size, shape, DIFFUSION_STREAM).to(mean.device)
+    x_t = combine_latents(mean.float(), std.float(), eps1, eps2, sqrt_alpha, sqrt_one_minus_alpha, scaling_factor)
+    return x_t.to(out_dtype)
+
+
+def ensemble_reduce(
+    feats: torch.Tensor,  # [B*E, C, h, w]
+    ensemble_size: int,
+    normalized: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # [B, C, h, w] float32 (, [B, h, w, C] float32)
+    """Twin of the ``ensemble_reduce`` kernel: mean over E with float32 accumulation.
+
+    Members are summed in order e = 0..E-1 and divided by E once. With ``normalized`` also returns the
+    L2-normalised features in channels-last layout (zero vectors stay zero).
+    """
+    n, c, h, w = feats.shape
+    if n % ensemble_size:
+        raise ValueError(f"feats has {n} samples, not a multiple of ensemble_size={ensemble_size}")
+    grouped = feats.reshape(n // ensemble_size, ensemble_size, c, h, w)
+    acc = grouped[:, 0].float().clone()
+    for e in range(1, ensemble_size):
+        acc += grouped[:, e].float()
+    mean = acc / ensemble_size
+    if not normalized:
+        return mean
+    norm = torch.linalg.vector_norm(mean, dim=1, keepdim=True).clamp_min(1e-12)
+    return mean, (mean / norm).permute(0, 2, 3, 1).contiguous()

@@ -1,0 +1,102 @@
+"""The backend protocol: what runs the VAE encoder and the truncated UNet.
+
+Noise generation, prompt encoding and the ensemble reduction stay in the extractor, so every backend sees the
+same inputs (spec §3: features do not depend on the backend). ``torch`` is built in; ``onnxruntime`` and
+``tensorrt`` live in ``dift_fast.export`` and are found through the ``dift_fast.backends`` entry-point group.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+import torch
+
+from .unet import TruncatedUNet, VaeEncoder
+
+__all__ = ["Backend", "TorchBackend", "register_backend", "create_backend", "TORCH_DTYPES"]
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Backend(Protocol):
+    """Runs the two networks. Inputs and outputs are torch tensors on ``device``."""
+
+    name: str
+    device: torch.device
+    dtype: torch.dtype  # the dtype ``features`` wants its latents in
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[N, 3, H, W] float32 in [-1, 1] -> posterior (mean, std), each [N, 4, H/8, W/8] float32."""
+        ...
+
+    def features(self, latents: torch.Tensor, timestep: int, context: torch.Tensor) -> torch.Tensor:
+        """x_t [N, 4, h, w] (``dtype``), t, prompt embeddings [N, 77, D] -> up-block feature [N, C, h', w']."""
+        ...
+
+
+class TorchBackend:
+    """Eager PyTorch: the reference backend, on CPU or CUDA, in fp32, bf16 or fp16."""
+
+    name = "torch"
+
+    def __init__(self, unet: TruncatedUNet, vae: VaeEncoder, device: torch.device, dtype: torch.dtype) -> None:
+        self.device = device
+        self.dtype = dtype
+        self.unet = unet.to(device=device, dtype=dtype)
+        self.vae = vae.to(device=device, dtype=dtype)
+        if dtype == torch.float16:
+            # SD 2.1's attention overflows in fp16 unless scores and softmax run in fp32 (config upcast_attention);
+            # diffusers' classic processor honours that flag, the SDPA one does not on every device.
+            from diffusers.models.attention_processor import AttnProcessor
+
+            self.unet.up_blocks.apply(lambda m: m.set_processor(AttnProcessor()) if hasattr(m, "set_processor") else None)
+            for blocks in (self.unet.down_blocks, [self.unet.mid_block]):
+                for block in blocks:
+                    if block is not None:
+                        block.apply(lambda m: m.set_processor(AttnProcessor()) if hasattr(m, "set_processor") else None)
+
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, std = self.vae(images.to(self.device, self.dtype))
+        return mean.float(), std.float()
+
+    @torch.inference_mode()
+    def features(self, latents: torch.Tensor, timestep: int, context: torch.Tensor) -> torch.Tensor:
+        t = torch.tensor([timestep], dtype=torch.int64, device=self.device)
+        return self.unet(latents.to(self.device, self.dtype), t, context.to(self.device, self.dtype))
+
+
+_FACTORIES: dict[str, Callable[..., Backend]] = {}
+ENTRY_POINT_GROUP = "dift_fast.backends"
+
+
+def register_backend(name: str, factory: Callable[..., Backend]) -> None:
+    """Make ``backend=name`` available; ``factory(components, device, dtype, **options)`` builds it."""
+    _FACTORIES[name] = factory
+
+
+def _factory(name: str) -> Callable[..., Backend]:
+    if name not in _FACTORIES:
+        # Accelerated backends (dift_fast.export) are found through entry points, so this package never imports them.
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name == name:
+                _FACTORIES[name] = ep.load()
+    if name not in _FACTORIES:
+        known = sorted({"torch", *_FACTORIES, *(ep.name for ep in _entry_points())})
+        raise ValueError(f"backend {name!r} is not available; known backends: {', '.join(known)}")
+    return _FACTORIES[name]
+
+
+def _entry_points() -> list[Any]:
+    from importlib.metadata import entry_points
+
+    return list(entry_points(group=ENTRY_POINT_GROUP))
+
+
+def create_backend(name: str, components: Any, device: torch.device, dtype: torch.dtype, **options: Any) -> Backend:
+    """Build the backend ``name`` for loaded components."""
+    if name == "torch":
+        return TorchBackend(components.unet, components.vae, device, dtype)
+    return _factory(name)(components, device, dtype, **options)

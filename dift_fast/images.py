@@ -1,0 +1,130 @@
+"""Turning user inputs (paths, PIL images, arrays, tensors) into the preprocessed batch DIFT expects (spec §2.1)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .noise import image_key
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+
+__all__ = ["ImageError", "PreparedImage", "ImageLike", "load_rgb", "prepare_image", "expand_inputs"]
+
+
+class ImageError(ValueError):
+    """An input image that cannot be used; ``name`` says which one."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"image {name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+@dataclass
+class PreparedImage:
+    """One preprocessed image: ``pixels`` [3, H, W] float32 in [-1, 1], its noise key and its original size."""
+
+    name: str
+    pixels: torch.Tensor  # [3, H, W]
+    key: int
+    original_size: tuple[int, int]  # (width, height) before resizing
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Grayscale, palette, RGBA, CMYK and 16-bit images -> 8-bit RGB (alpha is dropped, as the reference does)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img).astype(np.float64)
+        scale = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        if img.mode == "F":
+            scale = max(float(arr.max(initial=0)), 1e-12) if arr.max(initial=0) > 1 else 1.0
+        arr = np.clip(np.round(arr / scale * 255.0), 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr, mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def load_rgb(source: Any, name: str | None = None) -> Image.Image:
+    """Open ``source`` (path, PIL image or uint8 array ``[H, W]``/``[H, W, 3|4]``) as an 8-bit RGB PIL image."""
+    label = name or _describe(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise ImageError(label, "no such file")
+        try:
+            with Image.open(path) as img:
+                img.load()
+                rgb = _to_rgb(img)
+        except UnidentifiedImageError:
+            raise ImageError(label, "not an image file PIL can read (expected JPEG, PNG, PPM, ...)") from None
+        except (OSError, SyntaxError, ValueError) as err:
+            raise ImageError(label, f"corrupt or truncated image ({err})") from None
+    elif isinstance(source, Image.Image):
+        rgb = _to_rgb(source)
+    elif isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[2] not in (1, 3, 4)):
+            raise ImageError(label, f"arrays must be uint8 [H, W] or [H, W, 3|4], got {source.dtype} {source.shape}")
+        rgb = _to_rgb(Image.fromarray(source.squeeze(-1) if source.ndim == 3 and source.shape[2] == 1 else source))
+    else:
+        raise ImageError(label, f"unsupported input type {type(source).__name__}; pass a path, PIL image, array or tensor")
+    if rgb.width == 0 or rgb.height == 0:
+        raise ImageError(label, f"empty image ({rgb.width}x{rgb.height})")
+    return rgb
+
+
+def _describe(source: Any) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return f"<{type(source).__name__}>"
+
+
+def target_size(original: tuple[int, int], image_size: tuple[int, int] | None) -> tuple[int, int]:
+    """(width, height) to resize to: ``image_size``, or the original floored to multiples of 8."""
+    if image_size is not None:
+        return image_size
+    w, h = original[0] // 8 * 8, original[1] // 8 * 8
+    if w == 0 or h == 0:
+        raise ValueError(f"image of size {original} is smaller than 8 pixels; set image_size")
+    return w, h
+
+
+def prepare_image(source: ImageLike, image_size: tuple[int, int] | None, name: str | None = None) -> PreparedImage:
+    """Preprocess one image: PIL bicubic resize to ``image_size`` (W, H), then ``(u8 / 255 - 0.5) * 2``.
+
+    A ``[3, H, W]`` tensor is taken as already normalised to [-1, 1] and used at its own size.
+    """
+    label = name or _describe(source)
+    if isinstance(source, torch.Tensor):
+        if source.ndim != 3 or source.shape[0] != 3:
+            raise ImageError(label, f"tensors must be [3, H, W] (or [B, 3, H, W]) in [-1, 1], got {list(source.shape)}")
+        h, w = source.shape[-2:]
+        if h % 8 or w % 8 or h == 0 or w == 0:
+            raise ImageError(label, f"tensor size {w}x{h} must be positive multiples of 8 (resize it first)")
+        pixels = source.detach().to("cpu", torch.float32).contiguous()
+        return PreparedImage(label, pixels, image_key(pixels.numpy()), (int(w), int(h)))
+    rgb = load_rgb(source, label)
+    original = (rgb.width, rgb.height)
+    size = target_size(original, image_size)
+    if rgb.size != size:
+        rgb = rgb.resize(size, Image.BICUBIC)
+    u8 = np.asarray(rgb, dtype=np.uint8)
+    pixels = (torch.from_numpy(u8.copy()).permute(2, 0, 1).float() / 255.0 - 0.5) * 2.0
+    return PreparedImage(label, pixels, image_key(u8), original)
+
+
+def expand_inputs(images: Any) -> list[Any]:
+    """A single input or a sequence of inputs -> a flat list (a ``[B, 3, H, W]`` tensor becomes B tensors)."""
+    if isinstance(images, torch.Tensor):
+        if images.ndim == 4:
+            return list(images.unbind(0))
+        return [images]
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+        return [images]
+    return list(images)

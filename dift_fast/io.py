@@ -1,0 +1,94 @@
+"""Feature files written by ``dift-fast extract IMAGES --out FILE.safetensors``.
+
+One safetensors file: tensor ``features`` [B, C, h, w] plus JSON metadata (config, image names, original sizes,
+noise keys). Written to a temporary name and renamed, so a crash never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import DiftConfig
+
+__all__ = ["FeatureFile", "save_features", "load_features"]
+
+FORMAT = "dift-fast-features/1"
+
+
+@dataclass
+class FeatureFile:
+    features: torch.Tensor  # [B, C, h, w]
+    names: list[str]
+    original_sizes: list[tuple[int, int]]  # (width, height)
+    config: DiftConfig
+    image_keys: list[int]
+    extra: dict[str, Any]
+
+    def index_of(self, name: str) -> int:
+        """Position of the image called ``name`` (exact, or by file name)."""
+        for i, n in enumerate(self.names):
+            if n == name or Path(n).name == name:
+                return i
+        raise KeyError(f"no image {name!r} in this feature file; it holds {self.names[:5]}{'...' if len(self.names) > 5 else ''}")
+
+
+def save_features(
+    path: str | os.PathLike,
+    features: torch.Tensor,
+    names: list[str],
+    original_sizes: list[tuple[int, int]],
+    config: DiftConfig,
+    image_keys: list[int],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a feature file atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    meta = {
+        "format": FORMAT,
+        "names": json.dumps(names),
+        "original_sizes": json.dumps([list(s) for s in original_sizes]),
+        "config": config.to_json(),
+        "image_keys": json.dumps([str(k) for k in image_keys]),
+        "extra": json.dumps(extra or {}),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file({"features": features.detach().cpu().contiguous()}, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_features(path: str | os.PathLike) -> FeatureFile:
+    """Read a feature file written by :func:`save_features`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"feature file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            features = f.get_tensor("features")
+    except Exception as err:
+        raise ValueError(f"{path} is not a dift-fast feature file ({err})") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a dift-fast feature file (format {meta.get('format')!r}, expected {FORMAT})")
+    return FeatureFile(
+        features=features,
+        names=json.loads(meta["names"]),
+        original_sizes=[tuple(s) for s in json.loads(meta["original_sizes"])],
+        config=DiftConfig.from_dict(json.loads(meta["config"])),
+        image_keys=[int(k) for k in json.loads(meta["image_keys"])],
+        extra=json.loads(meta.get("extra", "{}")),
+    )
