@@ -26,9 +26,10 @@ def tiny_extractor_factory(tiny_model_dir):
     def make(**overrides):
         config = DiftConfig.from_preset("spair", **{"model": str(tiny_model_dir), "ensemble_size": 2,
                                                     "image_size": (64, 48), "device": "cpu", **overrides})
-        if config.up_ft_index not in cache:
-            cache[config.up_ft_index] = load_components(config.model, None, config.up_ft_index)
-        return DiftExtractor(cache[config.up_ft_index], config)
+        key = (config.up_ft_index, config.dtype)  # backends cast modules in place: one copy per dtype
+        if key not in cache:
+            cache[key] = load_components(config.model, None, config.up_ft_index)
+        return DiftExtractor(cache[key], config)
 
     return make
 

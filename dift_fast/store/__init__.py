@@ -1,0 +1,1 @@
+"""Crash-safe feature stores for large extraction runs (owned by the batch-extraction work)."""
