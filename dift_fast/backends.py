@@ -7,13 +7,14 @@ same inputs (spec §3: features do not depend on the backend). ``torch`` is buil
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import torch
 
 from .unet import TruncatedUNet, VaeEncoder
 
-__all__ = ["Backend", "TorchBackend", "register_backend", "create_backend", "TORCH_DTYPES"]
+__all__ = ["TORCH_DTYPES", "Backend", "TorchBackend", "create_backend", "register_backend"]
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -49,7 +50,9 @@ class TorchBackend:
             # diffusers' classic processor honours that flag, the SDPA one does not on every device.
             from diffusers.models.attention_processor import AttnProcessor
 
-            self.unet.up_blocks.apply(lambda m: m.set_processor(AttnProcessor()) if hasattr(m, "set_processor") else None)
+            self.unet.up_blocks.apply(
+                lambda m: m.set_processor(AttnProcessor()) if hasattr(m, "set_processor") else None
+            )
             for blocks in (self.unet.down_blocks, [self.unet.mid_block]):
                 for block in blocks:
                     if block is not None:

@@ -53,7 +53,9 @@ class DiftConfig:
             raise ValueError(f"preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ValueError(f"unknown DiftConfig field(s) {sorted(unknown)}; fields are {[f.name for f in dataclasses.fields(cls)]}")
+            raise ValueError(
+                f"unknown DiftConfig field(s) {sorted(unknown)}; fields are {[f.name for f in dataclasses.fields(cls)]}"
+            )
         return cls(**{**PRESETS[name], "preset": name, **overrides})
 
     def to_dict(self) -> dict[str, Any]:

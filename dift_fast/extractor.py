@@ -71,9 +71,10 @@ class DiftExtractor:
         self._prompt_cache: dict[str, torch.Tensor] = {}
         # On the CPU, run the networks image by image so results never depend on the batch (see _per_image).
         self.batch_invariant = self.device.type == "cpu"
-        self.is_tiny = config.model == TINY_MODEL or (components.folder / "model_index.json").read_text().find(
-            "dift_fast_tiny_random"
-        ) >= 0
+        self.is_tiny = (
+            config.model == TINY_MODEL
+            or (components.folder / "model_index.json").read_text().find("dift_fast_tiny_random") >= 0
+        )
         if self.is_tiny:
             logger.warning(TINY_WARNING)
 
@@ -117,7 +118,9 @@ class DiftExtractor:
         cached = self._prompt_cache.get(prompt)
         if cached is None:
             tok = self.components.tokenizer
-            ids = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+            ids = tok(
+                prompt, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+            )
             cached = self.text_encoder(ids.input_ids.to(self.device))[0][0].float()
             self._prompt_cache[prompt] = cached
         return cached
@@ -187,13 +190,25 @@ class DiftExtractor:
             mean, std = self._per_image(self.backend.encode, 1, pixels)
             if noise is None:
                 latents = ops.ensemble_latents(
-                    mean, std, keys[start:stop], self.config.seed, E, self.sqrt_alpha, self.sqrt_one_minus_alpha,
-                    self.components.vae.scaling_factor, out_dtype=self.backend.dtype,
+                    mean,
+                    std,
+                    keys[start:stop],
+                    self.config.seed,
+                    E,
+                    self.sqrt_alpha,
+                    self.sqrt_one_minus_alpha,
+                    self.components.vae.scaling_factor,
+                    out_dtype=self.backend.dtype,
                 )
             else:
                 eps1, eps2 = (x[start:stop].to(mean.device, torch.float32) for x in noise)
                 latents = combine_latents(
-                    mean, std, eps1, eps2, self.sqrt_alpha, self.sqrt_one_minus_alpha,
+                    mean,
+                    std,
+                    eps1,
+                    eps2,
+                    self.sqrt_alpha,
+                    self.sqrt_one_minus_alpha,
                     self.components.vae.scaling_factor,
                 ).to(self.backend.dtype)
             context = torch.stack([self.encode_prompt(p) for p in prompts[start:stop]])

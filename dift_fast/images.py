@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,9 +13,9 @@ from PIL import Image, UnidentifiedImageError
 
 from .noise import image_key
 
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+ImageLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
-__all__ = ["ImageError", "PreparedImage", "ImageLike", "load_rgb", "prepare_image", "expand_inputs"]
+__all__ = ["ImageError", "ImageLike", "PreparedImage", "expand_inputs", "load_rgb", "prepare_image"]
 
 
 class ImageError(ValueError):
@@ -69,11 +69,17 @@ def load_rgb(source: Any, name: str | None = None) -> Image.Image:
     elif isinstance(source, Image.Image):
         rgb = _to_rgb(source)
     elif isinstance(source, np.ndarray):
-        if source.dtype != np.uint8 or source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[2] not in (1, 3, 4)):
+        if (
+            source.dtype != np.uint8
+            or source.ndim not in (2, 3)
+            or (source.ndim == 3 and source.shape[2] not in (1, 3, 4))
+        ):
             raise ImageError(label, f"arrays must be uint8 [H, W] or [H, W, 3|4], got {source.dtype} {source.shape}")
         rgb = _to_rgb(Image.fromarray(source.squeeze(-1) if source.ndim == 3 and source.shape[2] == 1 else source))
     else:
-        raise ImageError(label, f"unsupported input type {type(source).__name__}; pass a path, PIL image, array or tensor")
+        raise ImageError(
+            label, f"unsupported input type {type(source).__name__}; pass a path, PIL image, array or tensor"
+        )
     if rgb.width == 0 or rgb.height == 0:
         raise ImageError(label, f"empty image ({rgb.width}x{rgb.height})")
     return rgb

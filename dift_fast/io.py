@@ -16,7 +16,7 @@ import torch
 
 from .config import DiftConfig
 
-__all__ = ["FeatureFile", "save_features", "load_features"]
+__all__ = ["FeatureFile", "load_features", "save_features"]
 
 FORMAT = "dift-fast-features/1"
 
@@ -35,7 +35,9 @@ class FeatureFile:
         for i, n in enumerate(self.names):
             if n == name or Path(n).name == name:
                 return i
-        raise KeyError(f"no image {name!r} in this feature file; it holds {self.names[:5]}{'...' if len(self.names) > 5 else ''}")
+        raise KeyError(
+            f"no image {name!r} in this feature file; it holds {self.names[:5]}{'...' if len(self.names) > 5 else ''}"
+        )
 
 
 def save_features(

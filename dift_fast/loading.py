@@ -15,7 +15,7 @@ from torch import nn
 from .config import DEFAULT_MODEL, TINY_MODEL
 from .unet import TruncatedUNet, VaeEncoder
 
-__all__ = ["ModelLoadError", "DiftComponents", "resolve_model_folder", "load_components", "REQUIRED_COMPONENTS"]
+__all__ = ["REQUIRED_COMPONENTS", "DiftComponents", "ModelLoadError", "load_components", "resolve_model_folder"]
 
 REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _COMPONENT_FILES = {
@@ -26,8 +26,20 @@ _COMPONENT_FILES = {
     "scheduler": "scheduler_config.json",
 }
 # Files DIFT never needs: other weight formats, half-precision duplicates, the pipeline's extra parts.
-_HUB_IGNORE = ["*.bin", "*.ckpt", "*.fp16.*", "*.msgpack", "*.onnx", "*.pb", "*.h5", "*.ot", "safety_checker/*",
-               "feature_extractor/*", "*.png", "*.jpg"]
+_HUB_IGNORE = [
+    "*.bin",
+    "*.ckpt",
+    "*.fp16.*",
+    "*.msgpack",
+    "*.onnx",
+    "*.pb",
+    "*.h5",
+    "*.ot",
+    "safety_checker/*",
+    "feature_extractor/*",
+    "*.png",
+    "*.jpg",
+]
 
 
 class ModelLoadError(RuntimeError):

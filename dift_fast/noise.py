@@ -18,14 +18,14 @@ import hashlib
 import numpy as np
 
 __all__ = [
-    "POSTERIOR_STREAM",
     "DIFFUSION_STREAM",
-    "philox4x32_10",
-    "uniforms_from_words",
+    "POSTERIOR_STREAM",
     "box_muller",
-    "image_key",
-    "philox_key",
     "ensemble_normals",
+    "image_key",
+    "philox4x32_10",
+    "philox_key",
+    "uniforms_from_words",
 ]
 
 POSTERIOR_STREAM = 0  # ε₁: the VAE posterior sample

@@ -25,7 +25,9 @@ class TruncatedUNet(nn.Module):
         super().__init__()
         config = unet.config
         if not 0 <= up_ft_index < len(unet.up_blocks):
-            raise ValueError(f"up_ft_index={up_ft_index} is out of range: this UNet has {len(unet.up_blocks)} up blocks")
+            raise ValueError(
+                f"up_ft_index={up_ft_index} is out of range: this UNet has {len(unet.up_blocks)} up blocks"
+            )
         unsupported = [
             name
             for name in ("class_embedding", "add_embedding", "encoder_hid_proj", "time_embed_act")

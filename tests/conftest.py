@@ -24,8 +24,10 @@ def tiny_extractor_factory(tiny_model_dir):
     cache = {}
 
     def make(**overrides):
-        config = DiftConfig.from_preset("spair", **{"model": str(tiny_model_dir), "ensemble_size": 2,
-                                                    "image_size": (64, 48), "device": "cpu", **overrides})
+        config = DiftConfig.from_preset(
+            "spair",
+            **{"model": str(tiny_model_dir), "ensemble_size": 2, "image_size": (64, 48), "device": "cpu", **overrides},
+        )
         key = (config.up_ft_index, config.dtype)  # backends cast modules in place: one copy per dtype
         if key not in cache:
             cache[key] = load_components(config.model, None, config.up_ft_index)

@@ -11,9 +11,15 @@ from ..config import DEFAULT_MODEL, DTYPES, PRESETS
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """--model/--revision/--preset and the DiftConfig overrides."""
     g = parser.add_argument_group("model and configuration")
-    g.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id, local diffusers folder or tiny-random (default {DEFAULT_MODEL})")
+    g.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"hub id, local diffusers folder or tiny-random (default {DEFAULT_MODEL})",
+    )
     g.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
-    g.add_argument("--preset", default="spair", choices=sorted(PRESETS), help="named settings from the paper (default spair)")
+    g.add_argument(
+        "--preset", default="spair", choices=sorted(PRESETS), help="named settings from the paper (default spair)"
+    )
     g.add_argument("--t", type=int, default=None, help="diffusion timestep 0..999 (preset's by default)")
     g.add_argument("--up-ft-index", type=int, default=None, help="UNet up block 0..3 whose output is the feature")
     g.add_argument("--ensemble-size", type=int, default=None, help="noise draws averaged per image (E)")
@@ -23,7 +29,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     g.add_argument("--seed", type=int, default=None, help="noise seed (default 0)")
     g.add_argument("--batch-size", type=int, default=None, help="images per micro-batch")
-    g.add_argument("--backend", default=None, choices=("torch", "onnxruntime", "tensorrt"), help="what runs the networks")
+    g.add_argument(
+        "--backend", default=None, choices=("torch", "onnxruntime", "tensorrt"), help="what runs the networks"
+    )
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -37,8 +45,18 @@ def parse_size(text: str) -> tuple[int, int]:
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """DiftConfig overrides from the parsed options (only the ones given)."""
     out: dict[str, Any] = {"model": args.model}
-    for field in ("revision", "t", "up_ft_index", "ensemble_size", "prompt", "dtype", "device", "seed", "batch_size",
-                  "backend"):
+    for field in (
+        "revision",
+        "t",
+        "up_ft_index",
+        "ensemble_size",
+        "prompt",
+        "dtype",
+        "device",
+        "seed",
+        "batch_size",
+        "backend",
+    ):
         value = getattr(args, field, None)
         if value is not None:
             out[field] = value
@@ -50,5 +68,6 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def load_extractor(args: argparse.Namespace, **backend_options: Any) -> Any:
     from ..extractor import DiftExtractor
 
-    return DiftExtractor.from_pretrained(preset=args.preset, backend_options=backend_options or None,
-                                         **config_overrides(args))
+    return DiftExtractor.from_pretrained(
+        preset=args.preset, backend_options=backend_options or None, **config_overrides(args)
+    )

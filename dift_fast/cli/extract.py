@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from .common import add_model_options, load_extractor
 
@@ -56,8 +55,15 @@ def run_file_extract(args: argparse.Namespace) -> int:
         print("dift-fast extract: error: no readable images; nothing written", file=sys.stderr)
         return 1
     batch = extractor.extract_prepared(prepared, progress=not args.no_progress)
-    out = save_features(args.out, batch.features, batch.names, batch.original_sizes, extractor.config,
-                        batch.image_keys, extra={"failed": failed, "tiny_random": extractor.is_tiny})
+    out = save_features(
+        args.out,
+        batch.features,
+        batch.names,
+        batch.original_sizes,
+        extractor.config,
+        batch.image_keys,
+        extra={"failed": failed, "tiny_random": extractor.is_tiny},
+    )
     c, h, w = batch.features.shape[1:]
     print(f"wrote {out}: {len(prepared)} images, features [{len(prepared)}, {c}, {h}, {w}] float32")
     if extractor.is_tiny:
@@ -66,5 +72,3 @@ def run_file_extract(args: argparse.Namespace) -> int:
         print(f"{len(failed)} of {len(args.inputs)} images failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
-
-
