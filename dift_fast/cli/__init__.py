@@ -8,7 +8,7 @@ import logging
 import sys
 
 # Subcommand modules in dift_fast.cli, in the order `dift-fast --help` lists them.
-SUBCOMMANDS = ("extract", "match", "info")
+SUBCOMMANDS = ("extract", "match", "info", "eval")
 
 EPILOG = """examples:
   dift-fast info --model tiny-random                 # offline smoke test of the install
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dift-fast`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

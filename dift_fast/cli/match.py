@@ -1,0 +1,59 @@
+"""``dift-fast match A B --points x,y ...``: transfer points from image A to image B (spec §4)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import add_model_options, load_extractor
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "match",
+        help="find where points of image A are in image B",
+        description="Extract DIFT features of A and B and transfer each point of A to B by cosine argmax.",
+    )
+    p.add_argument("image_a", metavar="A", help="source image")
+    p.add_argument("image_b", metavar="B", help="target image")
+    p.add_argument("--points", nargs="+", required=True, metavar="X,Y", help="pixel points in A, e.g. 120,80 30,44")
+    p.add_argument("--out", default=None, help="write a picture of the matches (PNG)")
+    add_model_options(p)
+    p.set_defaults(func=run)
+
+
+def parse_points(items: list[str]) -> list[tuple[int, int]]:
+    points = []
+    for item in items:
+        try:
+            x, y = (int(round(float(v))) for v in item.split(","))
+        except ValueError:
+            raise ValueError(f"--points {item!r}: expected X,Y pixel coordinates, e.g. 120,80") from None
+        points.append((x, y))
+    return points
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..images import load_rgb
+    from ..matching import check_points, match_points
+
+    points = parse_points(args.points)
+    img_a, img_b = load_rgb(args.image_a), load_rgb(args.image_b)
+    check_points(torch.tensor(points), img_a.size, f"--points for {args.image_a}")  # fail before any model work
+    extractor = load_extractor(args)
+    batch = extractor.extract_prepared(extractor.prepare([img_a, img_b]))
+    size_a, size_b = batch.original_sizes
+    matched, scores = match_points(batch.features[0], batch.features[1], torch.tensor(points), size_a, size_b)
+    print(f"{'A (x,y)':>12}  {'B (x,y)':>12}  cosine")
+    for (xa, ya), (xb, yb), s in zip(points, matched.tolist(), scores.tolist()):
+        print(f"{f'{xa},{ya}':>12}  {f'{xb},{yb}':>12}  {s:.4f}")
+    if extractor.is_tiny:
+        print("note: model 'tiny-random' has random weights; these matches are meaningless", file=sys.stderr)
+    if args.out:
+        from ..viz import plot_matches
+
+        plot_matches(img_a, img_b, points, matched.tolist(), args.out, scores=scores.tolist())
+        print(f"wrote {args.out}")
+    return 0
