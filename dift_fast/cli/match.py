@@ -26,7 +26,7 @@ def parse_points(items: list[str]) -> list[tuple[int, int]]:
     points = []
     for item in items:
         try:
-            x, y = (int(round(float(v))) for v in item.split(","))
+            x, y = (round(float(v)) for v in item.split(","))
         except ValueError:
             raise ValueError(f"--points {item!r}: expected X,Y pixel coordinates, e.g. 120,80") from None
         points.append((x, y))
