@@ -1,0 +1,146 @@
+"""dift-fast's engine vs a straightforward reference-style DIFT on the real SD 2.1 architecture (random weights).
+
+The reference style (Tang et al.'s code): one image per call, the VAE on E repeated copies, the prompt re-encoded
+on every call, fp32. Both use the same truncated UNet (the reference also stops after the chosen block) and the
+same weights. Each side runs in its own subprocess so its peak memory is its own.
+
+    .venv/bin/python benchmarks/bench_engine.py                 # 256², E = 4, 2 images, CPU (issue 2's figures)
+    .venv/bin/python benchmarks/bench_engine.py --size 768 --ensemble-size 8 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+SD21 = Path(__file__).resolve().parents[2] / "shared" / "sd21"
+
+
+def build_components(configs: Path, up_ft_index: int):
+    """Random-weight SD 2.1 components built from the configs (no download), with the tiny tokenizer."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from dift_fast.loading import DiftComponents
+    from dift_fast.tiny import _write_tokenizer
+    from dift_fast.unet import TruncatedUNet, VaeEncoder
+
+    torch.manual_seed(0)
+    read = lambda c: json.loads((configs / c / ("scheduler_config.json" if c == "scheduler" else "config.json")).read_text())  # noqa: E731
+    unet_full = UNet2DConditionModel.from_config(read("unet"))
+    vae_full = AutoencoderKL.from_config(read("vae"))
+    text_cfg = {k: v for k, v in read("text_encoder").items() if k not in ("architectures",)}
+    text = CLIPTextModel(CLIPTextConfig(**text_cfg))
+    tok_dir = Path("/tmp/dift-fast-bench-tokenizer")
+    _write_tokenizer(tok_dir)  # byte-level BPE; ids stay inside the real vocabulary
+    comps = DiftComponents(
+        unet=TruncatedUNet(unet_full, up_ft_index), vae=VaeEncoder(vae_full), text_encoder=text.eval(),
+        tokenizer=CLIPTokenizer.from_pretrained(tok_dir), scheduler_config=read("scheduler"), folder=configs,
+        model_id="sd21-random", revision=None,
+    )
+    for m in (comps.unet, comps.vae, comps.text_encoder):
+        m.eval().requires_grad_(False)
+    return comps, vae_full
+
+
+def reference_extract(comps, vae_full, images, config, prompt):
+    """Reference-style DIFT, one image per call (what Tang et al.'s SDFeaturizer does)."""
+    import torch
+
+    from dift_fast.schedule import noise_coefficients
+
+    a, b = noise_coefficients(comps.scheduler_config, config.t)
+    E = config.ensemble_size
+    out = []
+    with torch.no_grad():
+        for img in images:
+            tok = comps.tokenizer(prompt, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+            emb = comps.text_encoder(tok.input_ids)[0]  # re-encoded on every call
+            x = img[None].repeat(E, 1, 1, 1)
+            z0 = vae_full.encode(x).latent_dist.sample() * 0.18215  # the VAE on E copies
+            zt = a * z0 + b * torch.randn_like(z0)
+            feats = comps.unet(zt, config.t, emb.repeat(E, 1, 1))
+            out.append(feats.mean(0))
+    return torch.stack(out)
+
+
+def child(mode: str, size: int, E: int, n: int, repeats: int, device: str) -> dict:
+    import torch
+
+    from common import median, timed
+
+    from dift_fast import DiftConfig, DiftExtractor
+
+    comps, vae_full = build_components(SD21, 1)
+    config = DiftConfig.from_preset("spair", image_size=(size, size), ensemble_size=E, device=device, dtype="fp32",
+                                    model="sd21-random")
+    images = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    prompt = "a photo of a cat"
+    if mode == "engine":
+        del vae_full.decoder
+        ext = DiftExtractor(comps, config)
+        ext.is_tiny = False
+        fn = lambda: ext.extract(images, prompt=prompt)  # noqa: E731
+    else:
+        vae_full.to(device)
+        comps.unet.to(device)
+        comps.text_encoder.to(device)
+        fn = lambda: reference_extract(comps, vae_full, images.to(device), config, prompt)  # noqa: E731
+    times = timed(fn, repeats=repeats, warmup=1)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.startswith("cuda"):
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    return {"mode": mode, "seconds_per_call": times, "median_s": median(times), "images_per_call": n,
+            "peak_memory_mb": round(peak_mb), "peak_memory_kind": "GPU max allocated" if device.startswith("cuda") else "process max RSS"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--ensemble-size", type=int, default=4)
+    parser.add_argument("--images", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.size, args.ensemble_size, args.images, args.repeats, args.device)))
+        return
+
+    from common import machine, write_results
+
+    runs = {}
+    for mode in ("reference", "engine"):
+        cmd = [sys.executable, __file__, "--child", mode, "--size", str(args.size), "--ensemble-size",
+               str(args.ensemble_size), "--images", str(args.images), "--repeats", str(args.repeats), "--device", args.device]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        runs[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(mode, runs[mode], flush=True)
+    ratio = runs["reference"]["median_s"] / runs["engine"]["median_s"]
+    payload = {"machine": machine(), "size": args.size, "ensemble_size": args.ensemble_size, "device": args.device,
+               "model": "SD 2.1 architecture, random weights (../shared/sd21)", "runs": runs, "speedup": ratio}
+    m = payload["machine"]
+    per_image = {k: v["median_s"] / v["images_per_call"] for k, v in runs.items()}
+    table = (
+        f"Engine vs reference-style DIFT, SD 2.1 architecture (random weights), {args.size}², E = {args.ensemble_size}, "
+        f"fp32, {args.device} ({m['gpu'] or m['cpu']}, {m['cores']} cores), {args.images} images per call, "
+        f"median of {args.repeats}.\n\n"
+        "| path | s / image | peak memory (MB) | speed-up |\n|---|---|---|---|\n"
+        f"| reference style (VAE on E copies, prompt per call, 1 image per call) | {per_image['reference']:.2f} | "
+        f"{runs['reference']['peak_memory_mb']} | 1.00× |\n"
+        f"| dift-fast engine (VAE once, cached prompt) | {per_image['engine']:.2f} | {runs['engine']['peak_memory_mb']} | "
+        f"{ratio:.2f}× |\n"
+    )
+    path = write_results(f"engine-{args.device.replace(':', '')}-{args.size}-E{args.ensemble_size}", payload, table)
+    print(table)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
