@@ -108,3 +108,12 @@ def test_import_loads_no_extension_and_no_heavy_modules():
     code = "import sys, dift_fast; print(sorted(m for m in sys.modules if m in {'dift_fast._C', 'diffusers', 'transformers', 'faiss', 'onnxruntime'}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_builtin_tiny_random_model_works_offline_and_says_so(images, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DIFT_FAST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["match", images[0], images[1], "--points", "5,5", "--model", "tiny-random", *TINY_ARGS])
+    assert code == 0
+    assert "meaningless" in capsys.readouterr().err
+    assert (tmp_path / "cache" / "tiny-random-v1" / "unet" / "config.json").is_file()
