@@ -50,13 +50,10 @@ class TorchBackend:
             # diffusers' classic processor honours that flag, the SDPA one does not on every device.
             from diffusers.models.attention_processor import AttnProcessor
 
-            self.unet.up_blocks.apply(
-                lambda m: m.set_processor(AttnProcessor()) if hasattr(m, "set_processor") else None
-            )
-            for blocks in (self.unet.down_blocks, [self.unet.mid_block]):
-                for block in blocks:
-                    if block is not None:
-                        block.apply(lambda m: m.set_processor(AttnProcessor()) if hasattr(m, "set_processor") else None)
+            processor = AttnProcessor()
+            for module in self.unet.modules():
+                if hasattr(module, "set_processor"):
+                    module.set_processor(processor)
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
