@@ -1,13 +1,38 @@
-"""Point transfer between two feature maps, computed literally as the spec's §4 (the oracle for faster matchers)."""
+"""Point transfer, keypoint descriptors and mutual nearest neighbours between DIFT feature maps (spec §4).
+
+``match_points_reference`` computes the spec literally (upsample both maps, normalise, cosine argmax) and is the
+oracle. ``match_points`` gives the same answer without materialising the upsampled C-channel maps:
+
+* bilinear upsampling is linear, so the dot product of the query with an upsampled target pixel is the bilinear
+  interpolation (same weights) of the low-resolution dot-product map ``q · Ft[:, y, x]``;
+* the squared norm of an upsampled pixel ``v = Σ a_i b_j Ft[y_i, x_j]`` is the quadratic form
+  ``Σ a_i b_j a_k b_l <Ft[y_i, x_j], Ft[y_k, x_l]>`` over its 2x2 low-resolution neighbourhood, which needs only
+  five per-cell Gram maps (norms, horizontal, vertical, diagonal and anti-diagonal products), computed once.
+
+Work per pair drops from C·Ht·Wt + N·C·Ht·Wt to C·ht·wt·(5 + N) + N·Ht·Wt, and memory from C·Ht·Wt to N·Ht·Wt.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["match_points_reference", "match_points", "check_points"]
+__all__ = [
+    "check_points",
+    "cosine_maps",
+    "dense_mutual_nearest_neighbors",
+    "match_points",
+    "match_points_reference",
+    "mutual_nearest_neighbors",
+    "sample_descriptors",
+]
+
+_EPS = 1e-12  # F.normalize's default eps: a zero vector has cosine 0 with everything
+_CHUNK_BYTES = 64 << 20  # default budget for one chunk of [n, Ht, Wt] float32 cosine maps
+_GRAM_BLOCK = 64  # columns per batched Gram block: (h+1)·b·b·C multiply-adds per block
 
 
 def check_points(points: torch.Tensor, size: tuple[int, int], name: str = "points") -> torch.Tensor:
@@ -32,11 +57,25 @@ def check_points(points: torch.Tensor, size: tuple[int, int], name: str = "point
 
 
 def _check_map(feat: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(feat, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor [C, h, w], got {type(feat).__name__}")
     if feat.ndim == 4 and feat.shape[0] == 1:
         feat = feat[0]
     if feat.ndim != 3:
         raise ValueError(f"{name} must be a feature map [C, h, w] (or [1, C, h, w]), got {list(feat.shape)}")
+    if 0 in feat.shape:
+        raise ValueError(f"{name} is empty: shape {list(feat.shape)}")
     return feat
+
+
+def _check_size(size: Sequence[int], name: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be (width, height), got {size!r}") from None
+    if w <= 0 or h <= 0:
+        raise ValueError(f"{name} must be a positive (width, height), got {size!r}")
+    return w, h
 
 
 def match_points_reference(
@@ -66,23 +105,400 @@ def match_points_reference(
     return torch.stack([idx % wt, idx // wt], dim=1), best
 
 
-def match_points(
+# ---------------------------------------------------------------------------------------------------------------
+# Fast exact point transfer
+
+
+def _linear_weights(in_size: int, out_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Index and weights of 1-D bilinear resizing (align_corners=False), read back from ``F.interpolate`` itself.
+
+    Returns ``(i0 [out] long, l0 [out], l1 [out])``: output d = l0·x[i0] + l1·x[i0 + 1], where x[in] means
+    x[in - 1] (replicate padding). Probing the kernel with one-hot rows gives its exact weights on every device
+    and build (the CPU and CUDA kernels round ``scale·(d + 0.5) − 0.5`` with or without a fused multiply-add).
+    Past the last input (i0 = in − 1) the kernel computes l0·x + l1·x, exactly x in real arithmetic; the weights
+    are snapped to (1, 0) there so that the border plateau is exactly constant, as in the spec's real-number
+    semantics (see :func:`_cosine_chunks`).
+    """
+    eye = torch.eye(in_size, device=device, dtype=torch.float32).view(1, in_size, 1, in_size)
+    weights = F.interpolate(eye, size=(1, out_size), mode="bilinear", align_corners=False).view(in_size, out_size)
+    i0 = (weights != 0).to(torch.uint8).argmax(dim=0)  # first input with weight: lambda0 = 1 - lambda1 > 0
+    cols = torch.arange(out_size, device=device)
+    last = i0 == in_size - 1
+    l0 = torch.where(last, torch.ones((), device=device), weights[i0, cols])
+    l1 = torch.where(last, torch.zeros((), device=device), weights[(i0 + 1).clamp_max(in_size - 1), cols])
+    return i0, l0, l1
+
+
+def _plateau_start(i0: torch.Tensor, in_size: int) -> int:
+    """First output index that reads only the last input (from there on every output equals it), or ``out``."""
+    last = (i0 == in_size - 1).nonzero()
+    return int(last[0, 0]) if len(last) else len(i0)
+
+
+def _neighbour_index(size: int, device: torch.device) -> torch.Tensor:  # [size + 1] long
+    """0, 1, ..., size − 1, size − 1: the index i0 + 1 of the right/bottom neighbour, replicated at the border."""
+    return torch.arange(size + 1, device=device).clamp_max(size - 1)
+
+
+def _sample_upsampled(
+    feat: torch.Tensor,  # [C, h, w] float32
+    points: torch.Tensor,  # [N, 2] long (x, y) in pixels of the (W, H) image
+    size: tuple[int, int],
+) -> torch.Tensor:  # [N, C]
+    """Upsampled map (F.interpolate to ``size``) read at integer pixels, without upsampling the map."""
+    _, h, w = feat.shape
+    W, H = size
+    xi0, xl0, xl1 = _linear_weights(w, W, feat.device)
+    yi0, yl0, yl1 = _linear_weights(h, H, feat.device)
+    x, y = points[:, 0], points[:, 1]
+    x0, y0 = xi0[x], yi0[y]
+    x1, y1 = _neighbour_index(w, feat.device)[x0 + 1], _neighbour_index(h, feat.device)[y0 + 1]
+    bx0, bx1, ay0, ay1 = xl0[x, None], xl1[x, None], yl0[y, None], yl1[y, None]
+    hwc = feat.permute(1, 2, 0)  # [h, w, C] view: one gather per corner reads N·C values
+    top = hwc[y0, x0] * bx0 + hwc[y0, x1] * bx1
+    bottom = hwc[y1, x0] * bx0 + hwc[y1, x1] * bx1
+    return top * ay0 + bottom * ay1
+
+
+def _gram_maps(feat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Dot products between each cell of the replicate-padded map P [C, h+1, w+1] and its right/lower neighbours.
+
+    Returns float32 ``n = <P[y,x], P[y,x]>`` [h+1, w+1], ``hz = <P[y,x], P[y,x+1]>`` [h+1, w],
+    ``vt = <P[y,x], P[y+1,x]>`` [h, w+1], ``dg = <P[y,x], P[y+1,x+1]>`` [h, w], ``ad = <P[y,x+1], P[y+1,x]>`` [h, w].
+    The products of the unpadded map are diagonals of batched row-block Gram matrices (a few times more
+    multiply-adds than the 5·C·h·w needed, but on BLAS, reading the map once, and unaffected by the thread
+    contention that makes elementwise product-and-sum passes slow); padding is then applied to the small maps.
+    """
+    _, h, w = feat.shape
+    n, hz = feat.new_empty(h, w), feat.new_empty(h, w - 1)
+    vt, dg, ad = feat.new_empty(h - 1, w), feat.new_empty(h - 1, w - 1), feat.new_empty(h - 1, w - 1)
+    for x0 in range(0, max(w - 1, 1), _GRAM_BLOCK):  # blocks of columns overlapping by one
+        x1 = min(x0 + _GRAM_BLOCK + 1, w)
+        blk = feat[:, :, x0:x1]
+        same = torch.bmm(blk.permute(1, 2, 0), blk.permute(1, 0, 2))  # [h, b, b]: within a row
+        down = torch.bmm(blk[:, :-1].permute(1, 2, 0), blk[:, 1:].permute(1, 0, 2))  # [h-1, b, b]: y vs y+1
+        n[:, x0:x1] = same.diagonal(0, 1, 2)
+        hz[:, x0:x1 - 1] = same.diagonal(1, 1, 2)
+        vt[:, x0:x1] = down.diagonal(0, 1, 2)
+        dg[:, x0:x1 - 1] = down.diagonal(1, 1, 2)
+        ad[:, x0:x1 - 1] = down.diagonal(-1, 1, 2)
+    # Padding: row h is row h-1 and column w is column w-1, so a product with a padded neighbour is a product
+    # the unpadded maps already hold (e.g. <P[y, w-1], P[y+1, w]> = vt[y, w-1]).
+    rows, cols = _neighbour_index(h, feat.device), _neighbour_index(w, feat.device)
+    corner = n[-1:, -1:]
+    n_p = n.index_select(0, rows).index_select(1, cols)
+    hz_p = torch.cat([hz, n[:, -1:]], 1).index_select(0, rows)
+    vt_p = torch.cat([vt, n[-1:]], 0).index_select(1, cols)
+    dg_p = torch.cat([torch.cat([dg, vt[:, -1:]], 1), torch.cat([hz[-1:], corner], 1)], 0)
+    ad_p = torch.cat([torch.cat([ad, vt[:, -1:]], 1), torch.cat([hz[-1:], corner], 1)], 0)
+    return n_p, hz_p, vt_p, dg_p, ad_p
+
+
+def _upsampled_inverse_norms(feat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:  # [H, W] float32
+    """1 / max(‖v‖, eps) for every pixel v of the upsampled map, from the 2x2 low-resolution quadratic form.
+
+    With P the map padded by one replicated row and column, row weights (a0, a1) on rows (y, y+1) and column
+    weights (b0, b1) on columns (x, x+1):
+    ‖v‖² = a0²‖r0‖² + 2·a0·a1·<r0, r1> + a1²‖r1‖², r_i = b0·P[y+i, x] + b1·P[y+i, x+1], where
+    ‖r_i‖² = b0²·n[y+i, x] + 2·b0·b1·hz[y+i, x] + b1²·n[y+i, x+1] and
+    <r0, r1> = b0²·vt[y, x] + b0·b1·(dg[y, x] + ad[y, x]) + b1²·vt[y, x+1].
+    The Gram maps are float32 dot products (relative error ~1e-7, like the reference's own float32 norms); the
+    form is evaluated in float64 so that its mixed-sign terms add no error of their own.
+    """
+    _, h, w = feat.shape
+    W, H = size
+    n, hz, vt, dg, ad = (g.double() for g in _gram_maps(feat))
+    xi0, xl0, xl1 = _linear_weights(w, W, feat.device)
+    yi0, yl0, yl1 = _linear_weights(h, H, feat.device)
+    xi1 = xi0 + 1
+    b0, b1 = xl0.double(), xl1.double()
+
+    def cols(m: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return m.index_select(1, idx)
+
+    # Column interpolation for every low-resolution row: [h+1, W] and [h, W].
+    row_sq = b0 * b0 * cols(n, xi0) + 2 * b0 * b1 * cols(hz, xi0) + b1 * b1 * cols(n, xi1)
+    row_cross = b0 * b0 * cols(vt, xi0) + b0 * b1 * cols(dg + ad, xi0) + b1 * b1 * cols(vt, xi1)
+    a0, a1 = yl0.double()[:, None], yl1.double()[:, None]
+    sq = (a0 * a0 * row_sq.index_select(0, yi0) + 2 * a0 * a1 * row_cross.index_select(0, yi0)
+          + a1 * a1 * row_sq.index_select(0, yi0 + 1))  # [H, W]
+    return (1.0 / sq.clamp_min(0).sqrt().clamp_min(_EPS)).float()
+
+
+def _prepare_pair(
     src_feat: torch.Tensor,
     tgt_feat: torch.Tensor,
     src_points: torch.Tensor | Sequence[Sequence[float]],
     src_size: tuple[int, int],
     tgt_size: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int], tuple[int, int]]:
+    src_feat, tgt_feat = _check_map(src_feat, "src_feat"), _check_map(tgt_feat, "tgt_feat")
+    if src_feat.shape[0] != tgt_feat.shape[0]:
+        raise ValueError(
+            f"feature dimensions differ: src_feat has {src_feat.shape[0]} channels, tgt_feat {tgt_feat.shape[0]}; "
+            "both maps must come from the same model and up_ft_index"
+        )
+    if src_feat.device != tgt_feat.device:
+        raise ValueError(f"src_feat is on {src_feat.device} but tgt_feat on {tgt_feat.device}; move both to one device")
+    src_size, tgt_size = _check_size(src_size, "src_size"), _check_size(tgt_size, "tgt_size")
+    pts = check_points(torch.as_tensor(src_points), src_size, "src_points").to(src_feat.device)
+    return src_feat.float().contiguous(), tgt_feat.float().contiguous(), pts, src_size, tgt_size
+
+
+def _cosine_chunks(
+    src_feat: torch.Tensor, tgt_feat: torch.Tensor, pts: torch.Tensor, src_size: tuple[int, int],
+    tgt_size: tuple[int, int], chunk: int | None,
+):
+    """Yield (start, [n, Ht*Wt] cosine maps) for consecutive chunks of the query points."""
+    c, ht, wt = tgt_feat.shape
+    W, H = tgt_size
+    q = F.normalize(_sample_upsampled(src_feat, pts, src_size), dim=1)  # [N, C]
+    dots = (q @ tgt_feat.view(c, ht * wt)).view(-1, 1, ht, wt)  # [N, 1, ht, wt]
+    inv_norm = _upsampled_inverse_norms(tgt_feat, tgt_size)  # [H, W]
+    # Right and bottom border plateaus: pixels past the last cell centre all equal that cell in real arithmetic;
+    # F.interpolate's l0·x + l1·x differs from x by an ulp, which would make ties there a coin toss. Copying the
+    # plateau's first column/row restores exact ties (first maximum = the plateau's first pixel, as in the spec).
+    px = _plateau_start(_linear_weights(wt, W, tgt_feat.device)[0], wt)
+    py = _plateau_start(_linear_weights(ht, H, tgt_feat.device)[0], ht)
+    if chunk is None:
+        chunk = max(1, _CHUNK_BYTES // (4 * H * W))
+    elif chunk < 1:
+        raise ValueError(f"chunk must be a positive number of query points, got {chunk}")
+    for start in range(0, len(pts), chunk):
+        num = F.interpolate(dots[start:start + chunk], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+        if px < W - 1:
+            num[:, :, px + 1:] = num[:, :, px:px + 1]
+        if py < H - 1:
+            num[:, py + 1:] = num[:, py:py + 1]
+        yield start, (num * inv_norm).flatten(1)
+
+
+def _topk_first(cos: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:  # [n, P] -> [n, k], [n, k]
+    """Top-k per row, ties broken by the lower index (row-major first), exactly, including ties at rank k."""
+    if k == 1:
+        best, idx = cos.max(dim=1)  # documented to return the first maximal index
+        return best[:, None], idx[:, None]
+    kth = torch.topk(cos, k, dim=1).values[:, -1:]  # [n, 1]
+    vals = torch.empty(cos.shape[0], k, dtype=cos.dtype, device=cos.device)
+    idxs = torch.empty(cos.shape[0], k, dtype=torch.long, device=cos.device)
+    for r in range(cos.shape[0]):
+        cand = (cos[r] >= kth[r]).nonzero()[:, 0]  # ascending index; usually exactly k
+        order = torch.sort(cos[r, cand], descending=True, stable=True).indices[:k]
+        idxs[r], vals[r] = cand[order], cos[r, cand[order]]
+    return vals, idxs
+
+
+def match_points(
+    src_feat: torch.Tensor,  # [C, hs, ws]
+    tgt_feat: torch.Tensor,  # [C, ht, wt]
+    src_points: torch.Tensor | Sequence[Sequence[float]],  # [N, 2] (x, y) source pixels
+    src_size: tuple[int, int],  # (W, H) of the source image
+    tgt_size: tuple[int, int],  # (W, H) of the target image
+    *,
+    top_k: int = 1,
+    chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Transfer ``src_points`` (x, y) from the source image to the target image (spec §4).
+    """Transfer ``src_points`` from the source image to the target image (spec §4), exactly and fast.
+
+    Same answer as :func:`match_points_reference` (upsample both maps bilinearly to image size, cosine argmax,
+    first maximum in row-major order) without materialising an upsampled C-channel map; see the module docstring.
 
     Args:
-        src_feat: source feature map ``[C, hs, ws]``.
-        tgt_feat: target feature map ``[C, ht, wt]``.
-        src_points: ``[N, 2]`` integer pixel coordinates (x, y) in the source image.
+        src_feat: source feature map ``[C, hs, ws]`` (or ``[1, C, hs, ws]``), any float dtype, CPU or CUDA.
+        tgt_feat: target feature map ``[C, ht, wt]`` on the same device.
+        src_points: ``[N, 2]`` integer pixel coordinates (x, y) in the source image (floats are rounded).
         src_size: (width, height) of the original source image.
         tgt_size: (width, height) of the original target image.
+        top_k: number of best target pixels per point (ties: lower row-major index first).
+        chunk: query points per cosine-map chunk (memory ``chunk·Ht·Wt·4`` bytes); default: a 64 MiB budget.
 
     Returns:
-        ``([N, 2] long target points (x, y), [N] cosine similarities)``.
+        ``([N, 2] long target points (x, y), [N] cosine)`` for ``top_k == 1``, else ``[N, k, 2]`` and ``[N, k]``.
     """
-    return match_points_reference(src_feat, tgt_feat, src_points, src_size, tgt_size)
+    src_feat, tgt_feat, pts, src_size, tgt_size = _prepare_pair(src_feat, tgt_feat, src_points, src_size, tgt_size)
+    W, H = tgt_size
+    if not 1 <= top_k <= W * H:
+        raise ValueError(f"top_k must be in 1..{W * H} (target pixels), got {top_k}")
+    n = len(pts)
+    scores = torch.empty(n, top_k, device=tgt_feat.device)
+    index = torch.empty(n, top_k, dtype=torch.long, device=tgt_feat.device)
+    for start, cos in _cosine_chunks(src_feat, tgt_feat, pts, src_size, tgt_size, chunk):
+        scores[start:start + len(cos)], index[start:start + len(cos)] = _topk_first(cos, top_k)
+    xy = torch.stack([index % W, index // W], dim=-1)  # [N, k, 2]
+    if top_k == 1:
+        return xy[:, 0], scores[:, 0]
+    return xy, scores
+
+
+def cosine_maps(
+    src_feat: torch.Tensor,  # [C, hs, ws]
+    tgt_feat: torch.Tensor,  # [C, ht, wt]
+    src_points: torch.Tensor | Sequence[Sequence[float]],  # [N, 2] (x, y) source pixels
+    src_size: tuple[int, int],
+    tgt_size: tuple[int, int],
+) -> torch.Tensor:  # [N, Ht, Wt] float32
+    """Cosine similarity of each source point to every target pixel (the maps :func:`match_points` maximises).
+
+    Useful as the heat map of :func:`dift_fast.viz.plot_matches`. Memory: N·Ht·Wt floats.
+    """
+    src_feat, tgt_feat, pts, src_size, tgt_size = _prepare_pair(src_feat, tgt_feat, src_points, src_size, tgt_size)
+    W, H = tgt_size
+    return torch.cat([cos for _, cos in _cosine_chunks(src_feat, tgt_feat, pts, src_size, tgt_size, None)]).view(
+        -1, H, W
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Descriptors at keypoints and mutual nearest neighbours
+
+
+def sample_descriptors(
+    feat: torch.Tensor,  # [C, h, w]
+    points: torch.Tensor,  # [N, 2] float (x, y) in image pixels
+    image_size: tuple[int, int],  # (W, H) of the original image
+    convention: Literal["reference", "aligned"] = "reference",
+) -> torch.Tensor:  # [N, C]
+    """Bilinear descriptors at keypoints (``grid_sample`` semantics), not normalised.
+
+    Args:
+        feat: feature map ``[C, h, w]`` (or ``[1, C, h, w]``).
+        points: ``[N, 2]`` (x, y) pixel coordinates in the original image; fractional allowed.
+        image_size: (width, height) of the original image.
+        convention: ``"reference"``: the DIFT HPatches code, g = (p − c)/c with c = ((W−1)/2, (H−1)/2) and
+            grid_sample(align_corners=False, zero padding), which is half a feature cell off at the borders.
+            ``"aligned"``: pixel centres, g = (2p + 1)/(W, H) − 1 with border padding; at integer pixels this
+            equals reading the bilinearly upsampled map, i.e. the query vector of :func:`match_points`.
+
+    Returns:
+        ``[N, C]`` float32 descriptors.
+    """
+    feat = _check_map(feat, "feat").float()
+    W, H = _check_size(image_size, "image_size")
+    pts = torch.as_tensor(points, device=feat.device)
+    if pts.ndim != 2 or pts.shape[-1] != 2:
+        raise ValueError(f"points must be [N, 2] (x, y), got shape {list(pts.shape)}")
+    pts = pts.float()
+    if not torch.isfinite(pts).all():
+        raise ValueError("points contains NaN or Inf")
+    size = pts.new_tensor([W, H])
+    if convention == "reference":
+        c = (size - 1) / 2
+        grid, padding = (pts - c) / c.clamp_min(0.5), "zeros"  # W == 1: the reference divides by zero; keep finite
+    elif convention == "aligned":
+        grid, padding = (2 * pts + 1) / size - 1, "border"
+    else:
+        raise ValueError(f"convention must be 'reference' or 'aligned', got {convention!r}")
+    out = F.grid_sample(feat[None], grid[None, None], mode="bilinear", padding_mode=padding, align_corners=False)
+    return out[0, :, 0].T.contiguous()
+
+
+def _check_desc(desc: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(desc, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor [N, C], got {type(desc).__name__}")
+    if desc.ndim != 2:
+        raise ValueError(f"{name} must be descriptors [N, C], got shape {list(desc.shape)}")
+    return desc.float().contiguous()
+
+
+def mutual_nearest_neighbors(
+    desc0: torch.Tensor,  # [N, C]
+    desc1: torch.Tensor,  # [M, C]
+    *,
+    metric: Literal["cosine", "l2"] = "cosine",
+    min_score: float | None = None,
+    ratio: float | None = None,
+    backend: Literal["auto", "faiss", "torch"] = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mutual nearest neighbours between two descriptor sets, LightGlue conventions.
+
+    Args:
+        desc0: ``[N, C]`` descriptors of image 0.
+        desc1: ``[M, C]`` descriptors of image 1 (same C, same device).
+        metric: ``"cosine"`` (descriptors are L2-normalised first; score = cosine similarity) or ``"l2"``
+            (score = Euclidean distance, lower is better).
+        min_score: keep matches with cosine ≥ min_score (cosine) or distance ≤ min_score (l2).
+        ratio: Lowe's ratio test on distances (d1/d2 < ratio), applied in both directions; for cosine the
+            distance is that of the normalised descriptors, √(2 − 2·cos).
+        backend: ``"faiss"`` (IndexFlatIP/L2; a GPU index for CUDA tensors when faiss has GPU support),
+            ``"torch"`` (chunked matmul), or ``"auto"`` (faiss when installed).
+
+    Returns:
+        ``(matches0 [N] long, scores0 [N] float32)``: index into desc1 or −1; unmatched scores are 0 (cosine)
+        or +inf (l2).
+    """
+    from .faiss_utils import knn
+
+    desc0, desc1 = _check_desc(desc0, "desc0"), _check_desc(desc1, "desc1")
+    if desc0.shape[1] != desc1.shape[1]:
+        raise ValueError(f"descriptor dimensions differ: desc0 is {list(desc0.shape)}, desc1 {list(desc1.shape)}")
+    if desc0.device != desc1.device:
+        raise ValueError(f"desc0 is on {desc0.device} but desc1 on {desc1.device}; move both to one device")
+    if metric not in ("cosine", "l2"):
+        raise ValueError(f"metric must be 'cosine' or 'l2', got {metric!r}")
+    if ratio is not None and not 0 < ratio <= 1:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    n, m = len(desc0), len(desc1)
+    worst = 0.0 if metric == "cosine" else float("inf")
+    matches0 = torch.full((n,), -1, dtype=torch.long, device=desc0.device)
+    scores0 = torch.full((n,), worst, device=desc0.device)
+    if n == 0 or m == 0:
+        return matches0, scores0
+    if metric == "cosine":
+        desc0, desc1 = F.normalize(desc0, dim=1), F.normalize(desc1, dim=1)
+    k = 2 if ratio is not None and min(n, m) >= 2 else 1
+    s01, i01 = knn(desc1, desc0, k, metric=metric, backend=backend)  # [N, k]: best in desc1 for each desc0
+    s10, i10 = knn(desc0, desc1, k, metric=metric, backend=backend)  # [M, k]
+    best1 = i01[:, 0]
+    ok = i10[best1, 0] == torch.arange(n, device=desc0.device)
+    score = s01[:, 0]
+    if min_score is not None:
+        ok &= score >= min_score if metric == "cosine" else score <= min_score
+    if k == 2:
+        ok &= _passes_ratio(s01, metric, ratio) & _passes_ratio(s10, metric, ratio)[best1]
+    matches0[ok] = best1[ok]
+    scores0[ok] = score[ok]
+    return matches0, scores0
+
+
+def _passes_ratio(scores: torch.Tensor, metric: str, ratio: float) -> torch.Tensor:  # [n, 2] -> [n] bool
+    dist = (2 - 2 * scores).clamp_min(0).sqrt() if metric == "cosine" else scores
+    return dist[:, 0] < ratio * dist[:, 1]
+
+
+def dense_mutual_nearest_neighbors(
+    feat0: torch.Tensor,  # [C, h0, w0]
+    feat1: torch.Tensor,  # [C, h1, w1]
+    *,
+    size0: tuple[int, int] | None = None,
+    size1: tuple[int, int] | None = None,
+    metric: Literal["cosine", "l2"] = "cosine",
+    min_score: float | None = None,
+    ratio: float | None = None,
+    backend: Literal["auto", "faiss", "torch"] = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mutual nearest neighbours between every cell of two feature maps.
+
+    Args:
+        feat0, feat1: feature maps ``[C, h, w]``.
+        size0, size1: optional (W, H) of the original images: coordinates are then pixel centres of the cells,
+            ((x + 0.5)·W/w − 0.5, (y + 0.5)·H/h − 0.5); otherwise feature-cell indices.
+        metric, min_score, ratio, backend: as :func:`mutual_nearest_neighbors`.
+
+    Returns:
+        ``(pts0 [K, 2] float32 (x, y), pts1 [K, 2] float32 (x, y), scores [K])`` of the K mutual matches.
+    """
+    feat0, feat1 = _check_map(feat0, "feat0"), _check_map(feat1, "feat1")
+    m0, s0 = mutual_nearest_neighbors(feat0.flatten(1).T, feat1.flatten(1).T, metric=metric, min_score=min_score,
+                                      ratio=ratio, backend=backend)
+    i0 = (m0 >= 0).nonzero()[:, 0]
+    i1 = m0[i0]
+    return _cell_xy(i0, feat0, size0), _cell_xy(i1, feat1, size1), s0[i0]
+
+
+def _cell_xy(flat: torch.Tensor, feat: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    h, w = feat.shape[1:]
+    xy = torch.stack([flat % w, flat // w], dim=1).float()
+    if size is None:
+        return xy
+    W, H = _check_size(size, "size")
+    return (xy + 0.5) * xy.new_tensor([W / w, H / h]) - 0.5
