@@ -1,0 +1,136 @@
+"""Features for a benchmark: computed once per image, kept on disk, reloaded on the next run (resumable).
+
+The cache folder holds one sub-folder per feature fingerprint (everything in the config that changes the
+numbers), and in it one safetensors file per image, named by a hash of the image's identity string. Files are
+written to a temporary name and renamed, so an interrupted run leaves only complete entries behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import DiftConfig
+from ..images import PreparedImage
+
+__all__ = ["FeatureCache", "ImageItem", "ensure_features", "file_identity"]
+
+# Config fields that do not change the features (where they run, how many at once, the preset's name).
+_NEUTRAL_FIELDS = ("device", "batch_size", "preset")
+
+
+@dataclass
+class ImageItem:
+    """One image a benchmark needs features for."""
+
+    ident: str  # identity in the cache: a hash of the file's bytes, or of a generated image's pixels
+    name: str  # shown in messages
+    load: Callable[[], PreparedImage]  # prepares the image (only called when its features are missing)
+    prompt: str = ""
+
+
+def file_identity(path: str | os.PathLike, *extra: Any) -> str:
+    """Identity of an image file: a hash of its bytes (moved or copied files hit the cache), plus ``extra``."""
+    digest = hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
+    return json.dumps(["file", digest, *extra])
+
+
+def config_fingerprint(config: DiftConfig) -> str:
+    data = {k: v for k, v in config.to_dict().items() if k not in _NEUTRAL_FIELDS}
+    return hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+class FeatureCache:
+    """On-disk features of one configuration, with a small in-memory LRU for pair-wise access."""
+
+    def __init__(self, root: str | os.PathLike, config: DiftConfig, memory_items: int = 64) -> None:
+        self.dir = Path(root) / config_fingerprint(config)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        meta = self.dir / "config.json"
+        if not meta.exists():
+            meta.write_text(config.to_json() + "\n")
+        self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._memory_items = memory_items
+
+    def path(self, ident: str) -> Path:
+        digest = hashlib.blake2b(ident.encode(), digest_size=16).hexdigest()
+        return self.dir / digest[:2] / f"{digest}.safetensors"
+
+    def __contains__(self, ident: str) -> bool:
+        return self.path(ident).is_file()
+
+    def put(self, ident: str, features: torch.Tensor) -> None:  # features: [C, h, w]
+        from safetensors.torch import save_file
+
+        path = self.path(ident)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            save_file({"features": features.detach().cpu().contiguous()}, str(tmp), metadata={"ident": ident})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def get(self, ident: str) -> torch.Tensor:  # [C, h, w]
+        """Features of ``ident`` (KeyError when they were never computed)."""
+        if ident in self._memory:
+            self._memory.move_to_end(ident)
+            return self._memory[ident]
+        path = self.path(ident)
+        if not path.is_file():
+            raise KeyError(f"no cached features for {ident}")
+        from safetensors.torch import load_file
+
+        feats = load_file(str(path))["features"]
+        self._memory[ident] = feats
+        if len(self._memory) > self._memory_items:
+            self._memory.popitem(last=False)
+        return feats
+
+
+def ensure_features(
+    extractor: Any,
+    items: Sequence[ImageItem],
+    cache: FeatureCache,
+    *,
+    progress: bool = True,
+    desc: str = "features",
+) -> int:
+    """Compute and cache the features of every item that is not cached yet; returns how many were computed.
+
+    Items are extracted ``config.batch_size`` at a time and each batch is written before the next starts, so an
+    interrupted run resumes where it stopped. Items with the same identity are computed once.
+    """
+    seen: set[str] = set()
+    missing = []
+    for item in items:
+        if item.ident not in seen and item.ident not in cache:
+            missing.append(item)
+        seen.add(item.ident)
+    if not missing:
+        return 0
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(missing), desc=desc, unit="img", disable=not progress)
+    bs = extractor.config.batch_size
+    for start in range(0, len(missing), bs):
+        chunk = missing[start : start + bs]
+        prepared = [item.load() for item in chunk]
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, p in enumerate(prepared):  # one network call needs one size
+            by_shape.setdefault(tuple(p.pixels.shape), []).append(i)
+        for idx in by_shape.values():
+            batch = extractor.extract_prepared([prepared[i] for i in idx], [chunk[i].prompt for i in idx])
+            for i, feats in zip(idx, batch.features):
+                cache.put(chunk[i].ident, feats)
+        bar.update(len(chunk))
+    bar.close()
+    return len(missing)

@@ -1,0 +1,1 @@
+"""The benchmarks' metrics, each as its reference evaluation computes it."""
