@@ -1,17 +1,65 @@
 """Public entry points of the ensemble ops: the native kernel when it is built, its pure-torch twin otherwise.
 
-Both paths give identical results (tests check it); ``use_native=False`` forces the twin.
+Both paths give identical results (tests check it); ``use_native=False`` forces the twin, ``use_native=True``
+the kernel (raising :class:`~dift_fast._native.NativeUnavailableError` with the reason when it cannot run), and
+``None`` picks the kernel when it can run on the tensors' device. :func:`kernel_status` says what is built.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
 
 import torch
 
-from . import _torch_impl
+from . import _native, _torch_impl
+from ._native import NativeUnavailableError
 
-__all__ = ["ensemble_latents", "ensemble_reduce"]
+__all__ = ["NativeUnavailableError", "ensemble_latents", "ensemble_reduce", "kernel_status"]
+
+_NATIVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_MASK64 = (1 << 64) - 1
+
+
+def _native_for(device: torch.device, use_native: bool | None) -> ModuleType | None:
+    """The extension when its kernels should run on ``device``; None for the twin."""
+    if use_native is False:
+        return None
+    if device.type == "cpu":
+        reason = _native.unavailable_reason()
+    elif device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        reason = _native.cuda_unusable_reason(index)
+    else:
+        reason = f"no native kernels for device type {device.type!r}"
+    if reason is None:
+        return _native.load()
+    if use_native:
+        raise NativeUnavailableError(reason)
+    return None
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+
+
+def _check_float_tensor(x: Any, name: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype} with shape {list(x.shape)}")
+
+
+def _check_ensemble_size(ensemble_size: int) -> None:
+    if isinstance(ensemble_size, bool) or not isinstance(ensemble_size, int) or ensemble_size < 1:
+        raise ValueError(f"ensemble_size must be an int >= 1, got {ensemble_size!r}")
+
+
+def _native_input(x: torch.Tensor) -> torch.Tensor:
+    """Detached, contiguous, in a dtype the kernels read (others are rounded to float32 as the twin does)."""
+    x = x.detach()
+    return (x if x.dtype in _NATIVE_DTYPES else x.float()).contiguous()
 
 
 def ensemble_latents(
@@ -26,14 +74,49 @@ def ensemble_latents(
     out_dtype: torch.dtype = torch.float32,
     use_native: bool | None = None,
 ) -> torch.Tensor:  # [B*E, 4, h, w]
-    """Noised latents x_t of every ensemble member, drawn per the noise contract (spec §3)."""
+    """Noised latents x_t of every ensemble member, drawn per the noise contract (spec §3).
+
+    Member e of image b is row ``b*E + e``: ``z0 = (mean + std·ε₁)·scaling_factor``,
+    ``x_t = sqrt_alpha·z0 + sqrt_one_minus_alpha·ε₂`` in float32, cast once to ``out_dtype``.
+
+    Args:
+        mean, std: posterior mean and standard deviation, ``[B, C, h, w]`` on one device.
+        keys: one 64-bit image key per image (taken modulo 2**64).
+        seed: run seed (modulo 2**64).
+        ensemble_size: E >= 1.
+        out_dtype: float32, float16 or bfloat16.
+        use_native: True/False forces the kernel/the twin; None picks the kernel when it can run.
+    """
+    _check_float_tensor(mean, "mean")
+    _check_float_tensor(std, "std")
     if mean.shape != std.shape or mean.ndim != 4:
         raise ValueError(f"mean and std must both be [B, C, h, w], got {list(mean.shape)} and {list(std.shape)}")
+    if mean.device != std.device:
+        raise ValueError(f"mean and std must be on one device, got {mean.device} and {std.device}")
     if len(keys) != mean.shape[0]:
         raise ValueError(f"got {len(keys)} image keys for a batch of {mean.shape[0]}")
-    return _torch_impl.ensemble_latents(
-        mean, std, keys, seed, ensemble_size, sqrt_alpha, sqrt_one_minus_alpha, scaling_factor, out_dtype
-    )
+    _check_ensemble_size(ensemble_size)
+    if out_dtype not in _NATIVE_DTYPES:
+        raise TypeError(f"out_dtype must be torch.float32, float16 or bfloat16, got {out_dtype}")
+    native = _native_for(mean.device, use_native)
+    if native is None:
+        return _torch_impl.ensemble_latents(
+            mean, std, keys, seed, ensemble_size, sqrt_alpha, sqrt_one_minus_alpha, scaling_factor, out_dtype
+        )
+    mean_in, std_in = _native_input(mean), _native_input(std)
+    if mean_in.dtype != std_in.dtype:  # mixed dtypes: float32 holds both exactly
+        mean_in, std_in = mean_in.float(), std_in.float()
+    signed = [(k & _MASK64) - (1 << 64) if (k & _MASK64) >> 63 else k & _MASK64 for k in map(int, keys)]
+    keys_t = torch.tensor(signed, dtype=torch.int64).to(mean.device)  # the kernels read them as uint64
+    b, c, h, w = mean.shape
+    out = torch.empty((b * ensemble_size, c, h, w), dtype=out_dtype, device=mean.device)
+    args = (mean_in, std_in, keys_t, out, int(seed) & _MASK64, ensemble_size, float(sqrt_alpha),
+            float(sqrt_one_minus_alpha), float(scaling_factor))
+    if mean.device.type == "cuda":
+        native.ensemble_latents_cuda(*args, stream=_stream(mean.device))
+    else:
+        native.ensemble_latents_cpu(*args, num_threads=torch.get_num_threads())
+    return out
 
 
 def ensemble_reduce(
@@ -42,7 +125,49 @@ def ensemble_reduce(
     normalized: bool = False,
     use_native: bool | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Mean over the ensemble in float32 -> [B, C, h, w] (and optionally normalised [B, h, w, C])."""
+    """Mean over the ensemble in float32 -> [B, C, h, w] (and optionally normalised [B, h, w, C]).
+
+    Rows ``b*E .. b*E + E-1`` of ``feats`` are the members of image b; they are added in order and divided by E.
+    With ``normalized`` also returns the features divided by their L2 norm over C (clamped at 1e-12), in the
+    channels-last layout that matching consumes.
+    """
+    _check_float_tensor(feats, "feats")
     if feats.ndim != 4:
         raise ValueError(f"feats must be [B*E, C, h, w], got {list(feats.shape)}")
-    return _torch_impl.ensemble_reduce(feats, ensemble_size, normalized)
+    _check_ensemble_size(ensemble_size)
+    if feats.shape[0] % ensemble_size:
+        raise ValueError(f"feats has {feats.shape[0]} samples, not a multiple of ensemble_size={ensemble_size}")
+    native = _native_for(feats.device, use_native)
+    if native is None:
+        return _torch_impl.ensemble_reduce(feats, ensemble_size, normalized)
+    feats_in = _native_input(feats)
+    n, c, h, w = feats.shape
+    mean = torch.empty((n // ensemble_size, c, h, w), dtype=torch.float32, device=feats.device)
+    normed = torch.empty((n // ensemble_size, h, w, c), dtype=torch.float32, device=feats.device) if normalized else None
+    if feats.device.type == "cuda":
+        native.ensemble_reduce_cuda(feats_in, mean, normed, ensemble_size, stream=_stream(feats.device))
+    else:
+        native.ensemble_reduce_cpu(feats_in, mean, normed, ensemble_size, num_threads=torch.get_num_threads())
+    return (mean, normed) if normalized else mean
+
+
+def kernel_status() -> dict[str, Any]:
+    """What native kernels are built and usable here, and why not; `dift-fast info` prints it.
+
+    Returns:
+        ``{"cpu": {"built", "usable", "reason"}, "cuda": {"built", "usable", "reason"}, "openmp": bool,
+        "build": {compiler, flags, CUDA archs, ...}}``; ``reason`` is None when usable.
+    """
+    reason = _native.unavailable_reason()
+    if reason is not None:
+        missing = {"built": False, "usable": False, "reason": reason}
+        return {"cpu": missing, "cuda": dict(missing), "openmp": False, "build": {}}
+    module = _native.load()
+    build = dict(module.build_info())
+    cuda_reason = _native.cuda_unusable_reason(torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    return {
+        "cpu": {"built": True, "usable": True, "reason": None},
+        "cuda": {"built": bool(module.with_cuda), "usable": cuda_reason is None, "reason": cuda_reason},
+        "openmp": bool(build.get("openmp", False)),
+        "build": build,
+    }
