@@ -32,6 +32,15 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--backend", default=None, choices=("torch", "onnxruntime", "tensorrt"), help="what runs the networks"
     )
+    g.add_argument(
+        "--engine",
+        default=None,
+        metavar="DIR",
+        help="onnxruntime/tensorrt: export folder (dift-fast export --out DIR); exported there when empty",
+    )
+    g.add_argument(
+        "--no-build", action="store_true", help="onnxruntime/tensorrt: fail instead of exporting or building engines"
+    )
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -68,6 +77,13 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def load_extractor(args: argparse.Namespace, **backend_options: Any) -> Any:
     from ..extractor import DiftExtractor
 
+    if getattr(args, "engine", None) or getattr(args, "no_build", False):
+        if (args.backend or "torch") == "torch":
+            raise ValueError("--engine and --no-build apply to --backend onnxruntime or tensorrt")
+        if args.engine:
+            backend_options.setdefault("engine_dir", args.engine)
+        if args.no_build:
+            backend_options.setdefault("no_build", True)
     return DiftExtractor.from_pretrained(
         preset=args.preset, backend_options=backend_options or None, **config_overrides(args)
     )

@@ -1,0 +1,116 @@
+"""The export manifest: what a folder of exported graphs holds, how it was made, and how to check it.
+
+A folder written by :func:`dift_fast.export.graphs.export_onnx` holds ``unet.onnx`` (optionally with
+``unet.onnx.data``), ``vae_encoder.onnx`` and ``manifest.json``. The manifest is written last, so a folder without
+one is an unfinished export. Its ``export_key`` hashes everything the graphs depend on (weights, block, dtype,
+shapes, prompt, opset, tool versions): the same key means the same graphs, so export is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "ManifestError",
+    "file_sha256",
+    "load_manifest",
+    "stable_hash",
+    "validate_manifest",
+    "write_manifest",
+]
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "dift-fast-onnx"
+FORMAT_VERSION = 1
+_REQUIRED = ("format", "format_version", "export_key", "model", "up_ft_index", "dtype", "opset", "dynamic_size",
+             "graphs", "files", "content_hash", "tool_versions")
+_GRAPH_KEYS = ("file", "inputs", "outputs")
+
+
+class ManifestError(ValueError):
+    """A manifest is missing, malformed, or does not describe the files beside it."""
+
+
+def stable_hash(data: Any) -> str:
+    """sha256 of the canonical JSON of ``data`` (sorted keys, no whitespace)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
+    """Write ``manifest.json`` atomically (the rename is the commit point of an export)."""
+    path = Path(folder) / MANIFEST_NAME
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def validate_manifest(manifest: Any, folder: Path | None = None, *, verify_hashes: bool = False) -> list[str]:
+    """Problems with ``manifest`` (empty list: valid).
+
+    Checks the schema; with ``folder``, that every listed file exists with its recorded size; with
+    ``verify_hashes``, also each file's sha256 (reads every byte: seconds for a GB-sized graph).
+    """
+    if not isinstance(manifest, dict):
+        return [f"manifest is a {type(manifest).__name__}, not a JSON object"]
+    problems = [f"missing key {k!r}" for k in _REQUIRED if k not in manifest]
+    if problems:
+        return problems
+    if manifest["format"] != FORMAT:
+        problems.append(f"format is {manifest['format']!r}, expected {FORMAT!r}")
+    if manifest["format_version"] != FORMAT_VERSION:
+        problems.append(f"format_version is {manifest['format_version']!r}; this dift-fast reads {FORMAT_VERSION}")
+    if manifest["dtype"] not in ("fp32", "fp16", "bf16"):
+        problems.append(f"dtype {manifest['dtype']!r} is not fp32, fp16 or bf16")
+    files = manifest["files"]
+    if not isinstance(files, dict) or not files:
+        return [*problems, "files must be a non-empty object {name: {size, sha256}}"]
+    for name, graph in manifest["graphs"].items():
+        missing = [k for k in _GRAPH_KEYS if k not in graph]
+        if missing:
+            problems.append(f"graph {name!r} lacks {missing}")
+        elif graph["file"] not in files:
+            problems.append(f"graph {name!r} file {graph['file']!r} is not listed in files")
+    expected_content = stable_hash({k: v["sha256"] for k, v in sorted(files.items())})
+    if manifest["content_hash"] != expected_content:
+        problems.append("content_hash does not match the listed file hashes")
+    if folder is not None:
+        for name, info in files.items():
+            path = Path(folder) / name
+            if not path.is_file():
+                problems.append(f"{name} is missing from {folder}")
+            elif path.stat().st_size != info["size"]:
+                problems.append(f"{name} has {path.stat().st_size} bytes, the manifest says {info['size']}")
+            elif verify_hashes and file_sha256(path) != info["sha256"]:
+                problems.append(f"{name} content differs from the manifest's sha256 (modified or corrupt)")
+    return problems
+
+
+def load_manifest(folder: str | Path, *, verify_hashes: bool = False) -> dict[str, Any]:
+    """Read and validate ``folder/manifest.json``; raises :class:`ManifestError` saying what is wrong."""
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestError(f"{folder} has no {MANIFEST_NAME}: not an export folder (or an unfinished export); "
+                            "create one with `dift-fast export --out DIR`")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{path} is not valid JSON: {err}") from None
+    problems = validate_manifest(manifest, Path(folder), verify_hashes=verify_hashes)
+    if problems:
+        raise ManifestError(f"{path} is invalid: " + "; ".join(problems))
+    return manifest

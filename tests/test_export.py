@@ -1,0 +1,277 @@
+"""ONNX export and the onnxruntime backend on the tiny model: graphs, manifest, cache, parity with torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx", reason="the onnx extra (onnx, onnxruntime) is not installed")
+ort = pytest.importorskip("onnxruntime", reason="the onnx extra (onnx, onnxruntime) is not installed")
+
+from dift_fast.export.graphs import export_onnx  # noqa: E402
+from dift_fast.export.manifest import ManifestError, load_manifest, validate_manifest  # noqa: E402
+from dift_fast.export.ort_backend import OrtBackend, create  # noqa: E402
+
+from dift_fast import DiftConfig, DiftExtractor  # noqa: E402
+from dift_fast.loading import load_components  # noqa: E402
+
+SIZE = (64, 48)  # (W, H): latent 8x6, not a multiple of the tiny UNet's 8x upsampling, so the resize path runs
+# fp32 graphs: onnxruntime and torch differ only in the order of float32 sums (conv, matmul, norm reductions);
+# observed ~1e-6 relative L2 on the tiny model, the issue's bound is 1e-4.
+FP32_TOL = 1e-4
+# fp16 graphs: weights and activations rounded to fp16 (unit roundoff 4.9e-4) at every layer, GroupNorm and
+# softmax in fp32; observed ~1e-3 against torch fp32. 1e-2 leaves room for the accumulation over ~20 layers.
+FP16_TOL = 1e-2
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+@pytest.fixture(scope="module")
+def comps(tiny_model_dir):
+    return load_components(str(tiny_model_dir), None, 1)
+
+
+@pytest.fixture(scope="module")
+def fp32_export(comps, tmp_path_factory):
+    config = DiftConfig.from_preset("spair", model=str(comps.folder), image_size=SIZE, ensemble_size=2)
+    return export_onnx(comps, tmp_path_factory.mktemp("fp32"), dtype="fp32", image_size=SIZE, config=config)
+
+
+@pytest.fixture(scope="module")
+def fp16_dynamic_export(comps, tmp_path_factory):
+    return export_onnx(comps, tmp_path_factory.mktemp("fp16"), dtype="fp16", image_size=SIZE, dynamic_size=True)
+
+
+def make_extractor(comps, backend="torch", **options):
+    config = DiftConfig.from_preset("spair", model=str(comps.folder), ensemble_size=2, image_size=SIZE, device="cpu",
+                                    backend=backend)
+    return DiftExtractor(comps, config, **options)
+
+
+def test_export_writes_checked_graphs_and_manifest(fp32_export, comps):
+    folder, manifest = fp32_export
+    assert sorted(manifest["files"]) == ["unet.onnx", "vae_encoder.onnx"]
+    for name in manifest["files"]:
+        onnx.checker.check_model(str(folder / name))
+    assert load_manifest(folder, verify_hashes=True) == manifest
+    assert manifest["up_ft_index"] == 1 and manifest["dtype"] == "fp32" and manifest["opset"] == 20
+    assert manifest["config"]["image_size"] == list(SIZE)
+    assert manifest["model"]["id"] == str(comps.folder)
+    assert {"torch", "onnx", "diffusers", "dift_fast"} <= set(manifest["tool_versions"])
+    unet_in = {i["name"]: i["shape"] for i in manifest["graphs"]["unet"]["inputs"]}
+    assert unet_in == {"x_t": ["batch", 4, 6, 8], "timestep": [1], "encoder_hidden_states": ["batch", 77, 32]}
+    model = onnx.load(str(folder / "unet.onnx"))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [4, 6, 8]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_ort_graphs_match_torch_fp32(fp32_export, comps, batch):
+    folder, _ = fp32_export
+    backend = OrtBackend(folder, torch.device("cpu"))
+    g = torch.Generator().manual_seed(batch)
+    x, ctx = torch.randn(batch, 4, 6, 8, generator=g), torch.randn(batch, 77, 32, generator=g)
+    images = torch.rand(batch, 3, 48, 64, generator=g) * 2 - 1
+    with torch.inference_mode():
+        ref = comps.unet(x, torch.tensor([261]), ctx)
+        ref_mean, ref_std = comps.vae(images)
+    assert rel_l2(backend.features(x, 261, ctx), ref) < FP32_TOL
+    mean, std = backend.encode(images)
+    assert rel_l2(mean, ref_mean) < FP32_TOL and rel_l2(std, ref_std) < FP32_TOL
+
+
+def test_extractor_onnxruntime_matches_torch(fp32_export, comps):
+    images = torch.rand(2, 3, 48, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ref = make_extractor(comps).extract(images)
+    ex = make_extractor(comps, "onnxruntime", engine_dir=str(fp32_export[0]))
+    assert ex.backend.name == "onnxruntime" and ex.backend.provider == "CPUExecutionProvider"
+    assert rel_l2(ex.extract(images), ref) < FP32_TOL
+
+
+def test_fp16_graph_keeps_softmax_and_groupnorm_in_fp32(fp16_dynamic_export):
+    folder, manifest = fp16_dynamic_export
+    assert manifest["dtype"] == "fp16" and manifest["graphs"]["unet"]["inputs"][0]["dtype"] == "float16"
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(folder / "unet.onnx")))
+    types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.input)}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    sensitive = [n for n in model.graph.node if n.op_type in ("Softmax", "InstanceNormalization")]
+    assert sensitive, "the tiny UNet has attention and GroupNorm"
+    for node in sensitive:
+        assert types[node.input[0]] == onnx.TensorProto.FLOAT, f"{node.op_type} {node.name} runs in half precision"
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+
+
+def test_fp16_dynamic_graph_matches_torch_at_several_sizes(fp16_dynamic_export, comps):
+    folder, _ = fp16_dynamic_export
+    backend = OrtBackend(folder, torch.device("cpu"))
+    assert backend.dtype == torch.float16
+    for h, w in [(6, 8), (10, 14), (7, 9)]:  # 7x9 is odd: every upsampler resizes to its skip's size
+        x, ctx = torch.randn(2, 4, h, w), torch.randn(2, 77, 32)
+        with torch.inference_mode():
+            ref = comps.unet(x, torch.tensor([51]), ctx)
+        out = backend.features(x, 51, ctx)
+        assert out.dtype == torch.float16 and out.shape == ref.shape
+        assert rel_l2(out.float(), ref) < FP16_TOL
+
+
+def test_fp16_extractor_matches_torch_fp32(fp16_dynamic_export, comps):
+    images = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    ref = make_extractor(comps).extract(images)
+    out = make_extractor(comps, "onnxruntime", engine_dir=str(fp16_dynamic_export[0])).extract(images)
+    assert rel_l2(out, ref) < FP16_TOL
+
+
+def test_bf16_export_is_valid_onnx_but_not_run_by_onnxruntime(comps, tmp_path):
+    folder, manifest = export_onnx(comps, tmp_path, dtype="bf16", image_size=SIZE)
+    assert manifest["opset"] == 22  # bfloat16 Conv/MatMul need opset 22
+    onnx.checker.check_model(str(folder / "unet.onnx"))
+    with pytest.raises(ValueError, match="bf16"):
+        OrtBackend(folder, torch.device("cpu"))
+    with pytest.raises(ValueError, match="opset"):
+        export_onnx(comps, tmp_path / "x", dtype="bf16", image_size=SIZE, opset=20)
+
+
+def test_fixed_prompt_graph(comps, tmp_path):
+    folder, manifest = export_onnx(comps, tmp_path, image_size=SIZE, fixed_prompt="a photo of a cat")
+    assert [i["name"] for i in manifest["graphs"]["unet"]["inputs"]] == ["x_t", "timestep"]
+    assert manifest["fixed_prompt"]["text"] == "a photo of a cat"
+    images = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    ref = make_extractor(comps).extract(images, prompt="a photo of a cat")
+    ex = make_extractor(comps, "onnxruntime", engine_dir=str(folder))
+    assert rel_l2(ex.extract(images, prompt="a photo of a cat"), ref) < FP32_TOL
+    with pytest.raises(ValueError, match="folds the prompt"):
+        ex.extract(images, prompt="a photo of a dog")
+
+
+def test_export_is_cached_and_keyed(comps, fp32_export):
+    folder, manifest = fp32_export
+    mtime = (folder / "unet.onnx").stat().st_mtime_ns
+    _, again = export_onnx(comps, folder, dtype="fp32", image_size=SIZE,
+                                      config=DiftConfig.from_preset("spair", model=str(comps.folder),
+                                                                    image_size=SIZE, ensemble_size=2))
+    assert again == manifest and (folder / "unet.onnx").stat().st_mtime_ns == mtime  # nothing re-exported
+    from dift_fast.export.graphs import export_key
+
+    spec = {k: manifest[k] for k in ("model", "up_ft_index", "dtype", "opset", "dynamic_size", "image_size",
+                                     "fixed_prompt")}
+    assert export_key(spec) == manifest["export_key"]
+    for change in ({"dtype": "fp16"}, {"image_size": [64, 64]}, {"up_ft_index": 2}, {"opset": 21},
+                   {"model": {**spec["model"], "weights_sha256": "0" * 64}}):
+        assert export_key({**spec, **change}) != manifest["export_key"], change
+
+
+def test_default_folder_is_a_cache(comps, tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFT_FAST_CACHE", str(tmp_path))
+    folder, manifest = export_onnx(comps, None, image_size=SIZE)
+    assert folder.parent == tmp_path / "onnx" and folder.name == manifest["export_key"][:24]
+    assert export_onnx(comps, None, image_size=SIZE)[0] == folder
+
+
+def test_manifest_validation_reports_problems(fp32_export, tmp_path):
+    folder, manifest = fp32_export
+    assert validate_manifest(manifest, folder) == []
+    assert validate_manifest([]) == ["manifest is a list, not a JSON object"]
+    assert "missing key 'dtype'" in validate_manifest({k: v for k, v in manifest.items() if k != "dtype"})
+    assert any("format_version" in p for p in validate_manifest({**manifest, "format_version": 99}))
+    bad_files = {**manifest["files"], "unet.onnx": {**manifest["files"]["unet.onnx"], "sha256": "0" * 64}}
+    assert any("content_hash" in p for p in validate_manifest({**manifest, "files": bad_files}))
+    # a tampered copy: same size, other bytes
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    data = bytearray((copy / "vae_encoder.onnx").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "vae_encoder.onnx").write_bytes(bytes(data))
+    assert validate_manifest(manifest, copy) == []  # sizes only: cheap
+    assert any("differs" in p for p in validate_manifest(manifest, copy, verify_hashes=True))
+    (copy / "unet.onnx").unlink()
+    with pytest.raises(ManifestError, match=r"unet\.onnx is missing"):
+        load_manifest(copy)
+    with pytest.raises(ManifestError, match=r"no manifest\.json"):
+        load_manifest(tmp_path)
+
+
+def test_backend_refuses_another_block_or_model(comps, fp32_export, tiny_model_dir):
+    folder, _ = fp32_export
+    other_block = load_components(str(tiny_model_dir), None, 2)
+    with pytest.raises(ValueError, match="up block 1"):
+        create(other_block, torch.device("cpu"), torch.float32, engine_dir=str(folder))
+    torch.manual_seed(5)
+    other = load_components(str(tiny_model_dir), None, 1)
+    with torch.no_grad():
+        other.unet.conv_in.weight.add_(torch.randn_like(other.unet.conv_in.weight))
+    with pytest.raises(ValueError, match="other weights"):
+        create(other, torch.device("cpu"), torch.float32, engine_dir=str(folder))
+
+
+def test_no_build_without_export_is_a_clear_error(comps, tmp_path):
+    with pytest.raises(ManifestError, match="no_build"):
+        create(comps, torch.device("cpu"), torch.float32, engine_dir=str(tmp_path), no_build=True)
+
+
+def test_cli_export_then_extract_with_onnxruntime(tiny_model_dir, tmp_path):
+    from PIL import Image
+
+    from dift_fast.cli import main
+    from dift_fast.io import load_features
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(2):
+        paths.append(str(tmp_path / f"im{i}.png"))
+        Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(paths[-1])
+    engine = tmp_path / "engine"
+    assert main(["export", "--preset", "spair", "--model", str(tiny_model_dir), "--out", str(engine),
+                 "--image-size", "64x48"]) == 0
+    manifest = json.loads((engine / "manifest.json").read_text())
+    assert manifest["config"]["preset"] == "spair" and manifest["config"]["image_size"] == [64, 48]
+    common = ["--model", str(tiny_model_dir), "--image-size", "64x48", "--ensemble-size", "2", "--no-progress",
+              "--device", "cpu"]
+    assert main(["extract", *paths, "--out", str(tmp_path / "t.safetensors"), *common]) == 0
+    assert main(["extract", *paths, "--out", str(tmp_path / "o.safetensors"), "--backend", "onnxruntime",
+                 "--engine", str(engine), *common]) == 0
+    ref = load_features(tmp_path / "t.safetensors")
+    out = load_features(tmp_path / "o.safetensors")
+    assert rel_l2(out.features, ref.features) < FP32_TOL
+    assert main(["extract", *paths, "--out", str(tmp_path / "x.safetensors"), "--engine", str(engine), *common]) == 2
+
+
+def test_dift_fast_never_imports_export():
+    code = ("import sys, dift_fast, dift_fast.cli, dift_fast.backends, dift_fast.extractor; "
+            "dift_fast.cli.build_parser(); "
+            "bad = [m for m in sys.modules if m.startswith('dift_fast.export') or m in ('onnx', 'onnxruntime')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_backends_registered_through_entry_points():
+    from importlib.metadata import entry_points
+
+    names = {ep.name: ep.value for ep in entry_points(group="dift_fast.backends")}
+    assert names["onnxruntime"] == "dift_fast.export.ort_backend:create"
+    assert names["tensorrt"] == "dift_fast.export.trt_backend:create"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
+                    reason="needs onnxruntime-gpu (CUDAExecutionProvider)")
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_ort_cuda_matches_torch(fp32_export, comps, cuda_graph):
+    folder, _ = fp32_export
+    backend = OrtBackend(folder, torch.device("cuda"), cuda_graph=cuda_graph)
+    x, ctx = torch.randn(2, 4, 6, 8), torch.randn(2, 77, 32)
+    with torch.inference_mode():
+        ref = comps.unet(x, torch.tensor([261]), ctx)
+    for _ in range(2):  # the second call replays the captured graph
+        out = backend.features(x.cuda(), 261, ctx.cuda())
+        # CUDA convolutions may use TF32 (10-bit mantissa) inside onnxruntime: looser than the CPU bound.
+        assert rel_l2(out.cpu(), ref) < 1e-2
