@@ -70,8 +70,12 @@ def philox4x32_10(counters: np.ndarray, key: np.ndarray) -> np.ndarray:
 
 
 def uniforms_from_words(words: np.ndarray) -> np.ndarray:
-    """Map uint32 words to float32 uniforms ``((a >> 8) + 0.5) * 2**-24``: exact, strictly inside (0, 1)."""
-    return (((words >> np.uint32(8)).astype(np.float64) + 0.5) * 2.0**-24).astype(np.float32)
+    """Map uint32 words to uniforms ``u = ((a >> 8) + 0.5) * 2**-24`` as float64: exact, strictly inside (0, 1).
+
+    (The values need 25 significant bits above 0.5, so float32 cannot hold them all: rounding to float32 would map
+    the top 256 words to exactly 1.0. They are kept in float64, where they are exact.)
+    """
+    return ((words >> np.uint32(8)).astype(np.float64) + 0.5) * 2.0**-24
 
 
 def box_muller(words: np.ndarray) -> np.ndarray:
@@ -80,7 +84,7 @@ def box_muller(words: np.ndarray) -> np.ndarray:
     Pairs (u0, u1) and (u2, u3): ``r = sqrt(-2 ln uA)``, ``θ = 2π uB``, ``(r cos θ, r sin θ)``, evaluated in
     float64 and rounded once to float32.
     """
-    u = uniforms_from_words(words).astype(np.float64)
+    u = uniforms_from_words(words)
     out = np.empty(u.shape, dtype=np.float64)
     for a in (0, 2):
         r = np.sqrt(-2.0 * np.log(u[:, a]))

@@ -55,9 +55,9 @@ DIFT_HD void philox_key(uint64_t seed, uint64_t image_key, uint32_t* k0, uint32_
   *k1 = uint32_t(seed >> 32) + uint32_t(image_key >> 32);
 }
 
-// u = ((a >> 8) + 0.5) * 2^-24, rounded to float32 like the reference, returned widened to double.
+// u = ((a >> 8) + 0.5) * 2^-24 in double: exact and strictly inside (0, 1), like the reference.
 DIFT_HD double uniform_from_word(uint32_t a) {
-  return double(float((double(a >> 8) + 0.5) * 0x1p-24));
+  return (double(a >> 8) + 0.5) * 0x1p-24;
 }
 
 // Box–Muller on the pairs (w0, w1) and (w2, w3): r = sqrt(-2 ln uA), θ = 2π uB, (r cos θ, r sin θ).
