@@ -32,7 +32,9 @@ def build_components(configs: Path, up_ft_index: int):
     from dift_fast.unet import TruncatedUNet, VaeEncoder
 
     torch.manual_seed(0)
-    read = lambda c: json.loads((configs / c / ("scheduler_config.json" if c == "scheduler" else "config.json")).read_text())  # noqa: E731
+    read = lambda c: json.loads(
+        (configs / c / ("scheduler_config.json" if c == "scheduler" else "config.json")).read_text()
+    )  # noqa: E731
     unet_full = UNet2DConditionModel.from_config(read("unet"))
     vae_full = AutoencoderKL.from_config(read("vae"))
     text_cfg = {k: v for k, v in read("text_encoder").items() if k not in ("architectures",)}
@@ -40,9 +42,14 @@ def build_components(configs: Path, up_ft_index: int):
     tok_dir = Path("/tmp/dift-fast-bench-tokenizer")
     _write_tokenizer(tok_dir)  # byte-level BPE; ids stay inside the real vocabulary
     comps = DiftComponents(
-        unet=TruncatedUNet(unet_full, up_ft_index), vae=VaeEncoder(vae_full), text_encoder=text.eval(),
-        tokenizer=CLIPTokenizer.from_pretrained(tok_dir), scheduler_config=read("scheduler"), folder=configs,
-        model_id="sd21-random", revision=None,
+        unet=TruncatedUNet(unet_full, up_ft_index),
+        vae=VaeEncoder(vae_full),
+        text_encoder=text.eval(),
+        tokenizer=CLIPTokenizer.from_pretrained(tok_dir),
+        scheduler_config=read("scheduler"),
+        folder=configs,
+        model_id="sd21-random",
+        revision=None,
     )
     for m in (comps.unet, comps.vae, comps.text_encoder):
         m.eval().requires_grad_(False)
@@ -72,20 +79,19 @@ def reference_extract(comps, vae_full, images, config, prompt):
 
 def child(mode: str, size: int, E: int, n: int, repeats: int, device: str) -> dict:
     import torch
-
     from common import median, timed
 
     from dift_fast import DiftConfig, DiftExtractor
 
     comps, vae_full = build_components(SD21, 1)
-    config = DiftConfig.from_preset("spair", image_size=(size, size), ensemble_size=E, device=device, dtype="fp32",
-                                    model="sd21-random")
+    config = DiftConfig.from_preset(
+        "spair", image_size=(size, size), ensemble_size=E, device=device, dtype="fp32", model="sd21-random"
+    )
     images = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     prompt = "a photo of a cat"
     if mode == "engine":
         del vae_full.decoder
         ext = DiftExtractor(comps, config)
-        ext.is_tiny = False
         fn = lambda: ext.extract(images, prompt=prompt)  # noqa: E731
     else:
         vae_full.to(device)
@@ -96,8 +102,14 @@ def child(mode: str, size: int, E: int, n: int, repeats: int, device: str) -> di
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.startswith("cuda"):
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    return {"mode": mode, "seconds_per_call": times, "median_s": median(times), "images_per_call": n,
-            "peak_memory_mb": round(peak_mb), "peak_memory_kind": "GPU max allocated" if device.startswith("cuda") else "process max RSS"}
+    return {
+        "mode": mode,
+        "seconds_per_call": times,
+        "median_s": median(times),
+        "images_per_call": n,
+        "peak_memory_mb": round(peak_mb),
+        "peak_memory_kind": "GPU max allocated" if device.startswith("cuda") else "process max RSS",
+    }
 
 
 def main() -> None:
@@ -117,14 +129,35 @@ def main() -> None:
 
     runs = {}
     for mode in ("reference", "engine"):
-        cmd = [sys.executable, __file__, "--child", mode, "--size", str(args.size), "--ensemble-size",
-               str(args.ensemble_size), "--images", str(args.images), "--repeats", str(args.repeats), "--device", args.device]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            mode,
+            "--size",
+            str(args.size),
+            "--ensemble-size",
+            str(args.ensemble_size),
+            "--images",
+            str(args.images),
+            "--repeats",
+            str(args.repeats),
+            "--device",
+            args.device,
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         runs[mode] = json.loads(out.stdout.strip().splitlines()[-1])
         print(mode, runs[mode], flush=True)
     ratio = runs["reference"]["median_s"] / runs["engine"]["median_s"]
-    payload = {"machine": machine(), "size": args.size, "ensemble_size": args.ensemble_size, "device": args.device,
-               "model": "SD 2.1 architecture, random weights (../shared/sd21)", "runs": runs, "speedup": ratio}
+    payload = {
+        "machine": machine(),
+        "size": args.size,
+        "ensemble_size": args.ensemble_size,
+        "device": args.device,
+        "model": "SD 2.1 architecture, random weights (../shared/sd21)",
+        "runs": runs,
+        "speedup": ratio,
+    }
     m = payload["machine"]
     per_image = {k: v["median_s"] / v["images_per_call"] for k, v in runs.items()}
     table = (

@@ -71,10 +71,8 @@ class DiftExtractor:
         self._prompt_cache: dict[str, torch.Tensor] = {}
         # On the CPU, run the networks image by image so results never depend on the batch (see _per_image).
         self.batch_invariant = self.device.type == "cpu"
-        self.is_tiny = (
-            config.model == TINY_MODEL
-            or (components.folder / "model_index.json").read_text().find("dift_fast_tiny_random") >= 0
-        )
+        index = components.folder / "model_index.json"
+        self.is_tiny = config.model == TINY_MODEL or (index.is_file() and "dift_fast_tiny_random" in index.read_text())
         if self.is_tiny:
             logger.warning(TINY_WARNING)
 
