@@ -32,9 +32,11 @@ def build_components(configs: Path, up_ft_index: int):
     from dift_fast.unet import TruncatedUNet, VaeEncoder
 
     torch.manual_seed(0)
-    read = lambda c: json.loads(
-        (configs / c / ("scheduler_config.json" if c == "scheduler" else "config.json")).read_text()
-    )  # noqa: E731
+
+    def read(component: str) -> dict:
+        name = "scheduler_config.json" if component == "scheduler" else "config.json"
+        return json.loads((configs / component / name).read_text())
+
     unet_full = UNet2DConditionModel.from_config(read("unet"))
     vae_full = AutoencoderKL.from_config(read("vae"))
     text_cfg = {k: v for k, v in read("text_encoder").items() if k not in ("architectures",)}
