@@ -1,0 +1,436 @@
+"""A FAISS index over DIFT descriptors of many images, and "find this point in the gallery".
+
+``FeatureIndex`` stores vectors with an (image id, x, y) label packed into faiss' 64-bit id
+(``image_id << 32 | y << 16 | x``; x = y = 65535 for image-level vectors), so labels cost nothing beyond the id
+faiss keeps anyway. Two kinds:
+
+* ``"flat"``: exact search, 4·dim bytes per vector (+ 8 for the id);
+* ``"ivfpq"``: an inverted file of ``nlist`` lists with product-quantised codes of ``m`` bytes (+ 8 for the id),
+  trained on a sample; approximate, ``nprobe`` lists visited per query.
+
+The default strategy for finding a point in a gallery (:func:`find_points`) is image-level retrieval on pooled
+descriptors followed by exact point transfer (:func:`dift_fast.matching.match_points`) on the top images.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .faiss_utils import faiss_gpu_count, gpu_resources, import_faiss
+from .matching import match_points
+
+__all__ = ["FeatureIndex", "PointHits", "SearchResult", "find_points", "pooled_descriptors"]
+
+FORMAT = "dift-fast-index/1"
+NO_XY = 0xFFFF  # x and y of an image-level (pooled) vector
+_MAX_XY = NO_XY - 1
+_ADD_CHUNK = 65536  # vectors converted and added at a time
+GPU_PQ_BYTES = (96, 64, 56, 48, 40, 32, 28, 24, 20, 16, 12, 8, 4, 3, 2, 1)  # code sizes GpuIndexIVFPQ supports
+
+IndexKind = Literal["flat", "ivfpq"]
+Metric = Literal["cosine", "l2"]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """k nearest stored vectors per query, best first; −1 ids (and NaN scores) where fewer than k were found."""
+
+    image_ids: torch.Tensor  # [Q, k] long
+    xy: torch.Tensor  # [Q, k, 2] long (x, y); −1 for image-level vectors and missing results
+    scores: torch.Tensor  # [Q, k] float32: cosine (higher first) or L2 distance (lower first)
+
+
+def pack_labels(image_ids: torch.Tensor, xy: torch.Tensor | None) -> np.ndarray:  # [n] int64
+    """(image id, x, y) -> faiss id. ``xy=None`` labels image-level vectors."""
+    ids = torch.as_tensor(image_ids).long().reshape(-1)
+    if ids.numel() and (ids.min() < 0 or ids.max() >= 2**31):
+        raise ValueError(f"image ids must be in 0..2^31-1, got range {int(ids.min())}..{int(ids.max())}")
+    if xy is None:
+        x = y = torch.full_like(ids, NO_XY)
+    else:
+        xy = torch.as_tensor(xy).long()
+        if xy.shape != (len(ids), 2):
+            raise ValueError(f"xy must be [n, 2] (x, y) with n = {len(ids)} vectors, got {list(xy.shape)}")
+        if xy.numel() and (xy.min() < 0 or xy.max() > _MAX_XY):
+            raise ValueError(f"x and y must be in 0..{_MAX_XY}, got range {int(xy.min())}..{int(xy.max())}")
+        x, y = xy[:, 0], xy[:, 1]
+    return ((ids << 32) | (y << 16) | x).cpu().numpy().astype(np.int64)
+
+
+def unpack_labels(labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:  # [..] -> image ids, [.., 2] xy
+    lab = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    missing = lab < 0
+    image = torch.where(missing, -1, lab >> 32)
+    x, y = lab & 0xFFFF, (lab >> 16) & 0xFFFF
+    xy = torch.stack([x, y], dim=-1)
+    return image, torch.where((missing | (x == NO_XY))[..., None], -1, xy)
+
+
+def default_pq_bytes(dim: int) -> int:
+    """Bytes per PQ code: the largest GPU-supported m dividing ``dim`` with ≥ 16 dims per sub-quantiser."""
+    for min_sub in (16, 4, 1):
+        for m in GPU_PQ_BYTES:
+            if dim % m == 0 and dim // m >= min_sub:
+                return m
+    return 1
+
+
+def default_nlist(n_train: int) -> int:
+    """Inverted lists for a training sample of ``n_train``: ~4·√n, with ≥ 39 training vectors per list."""
+    return max(1, min(int(4 * math.sqrt(n_train)), n_train // 39, 65536))
+
+
+class FeatureIndex:
+    """Vectors labelled (image id, x, y) in a flat or IVF-PQ faiss index, on CPU, one GPU or sharded over all.
+
+    Args:
+        dim: vector dimension (the feature map's C).
+        kind: ``"flat"`` (exact) or ``"ivfpq"`` (compressed; call :meth:`train` before :meth:`add`).
+        metric: ``"cosine"`` (vectors are L2-normalised; score = cosine) or ``"l2"`` (score = distance).
+        nlist: IVF lists (default from the training sample size, :func:`default_nlist`).
+        m: PQ bytes per vector (default :func:`default_pq_bytes`); ``nbits`` bits per sub-quantiser code.
+        nprobe: lists visited per query (IVF-PQ).
+        device: ``"auto"`` (all GPUs faiss sees, else CPU), ``"cpu"``, ``"cuda"``/``"cuda:N"`` (one GPU), or
+            ``"all"`` (sharded over every GPU with ``index_cpu_to_all_gpus``).
+        meta: JSON-serialisable metadata saved with the index (e.g. image names and sizes).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        kind: IndexKind = "flat",
+        *,
+        metric: Metric = "cosine",
+        nlist: int | None = None,
+        m: int | None = None,
+        nbits: int = 8,
+        nprobe: int = 16,
+        device: str = "auto",
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        if kind not in ("flat", "ivfpq"):
+            raise ValueError(f"kind must be 'flat' or 'ivfpq', got {kind!r}")
+        if metric not in ("cosine", "l2"):
+            raise ValueError(f"metric must be 'cosine' or 'l2', got {metric!r}")
+        if dim < 1:
+            raise ValueError(f"dim must be positive, got {dim}")
+        m = default_pq_bytes(dim) if m is None else m
+        if kind == "ivfpq" and dim % m:
+            raise ValueError(f"PQ bytes m = {m} must divide the dimension {dim}")
+        self.dim, self.kind, self.metric = dim, kind, metric
+        self.nlist, self.m, self.nbits, self.nprobe = nlist, m, nbits, nprobe
+        self.meta: dict[str, Any] = dict(meta or {})
+        self._gpus = _resolve_gpus(device)
+        self._index: Any = None
+        if kind == "flat":
+            faiss = import_faiss()
+            flat = faiss.IndexFlatIP(dim) if metric == "cosine" else faiss.IndexFlatL2(dim)
+            self._set_index(faiss.IndexIDMap2(flat))
+
+    # -- state ----------------------------------------------------------------------------------------------------
+    @property
+    def ntotal(self) -> int:
+        """Number of stored vectors."""
+        return 0 if self._index is None else int(self._index.ntotal)
+
+    @property
+    def is_trained(self) -> bool:
+        return self._index is not None and bool(self._index.is_trained)
+
+    @property
+    def device(self) -> str:
+        if not self._gpus:
+            return "cpu"
+        return f"cuda:{self._gpus[0]}" if len(self._gpus) == 1 else f"{len(self._gpus)} GPUs (sharded)"
+
+    @property
+    def bytes_per_vector(self) -> int:
+        """Stored bytes per vector: the code (4·dim flat, m·nbits/8 IVF-PQ) plus faiss' 8-byte id (our label)."""
+        code = 4 * self.dim if self.kind == "flat" else math.ceil(self.m * self.nbits / 8)
+        return code + 8
+
+    def __repr__(self) -> str:
+        extra = f", nlist={self.nlist}, m={self.m}, nprobe={self.nprobe}" if self.kind == "ivfpq" else ""
+        return (f"FeatureIndex(dim={self.dim}, kind={self.kind!r}, metric={self.metric!r}{extra}, "
+                f"ntotal={self.ntotal}, device={self.device!r}, {self.bytes_per_vector} B/vector)")
+
+    # -- building -------------------------------------------------------------------------------------------------
+    def train(self, sample: torch.Tensor) -> FeatureIndex:
+        """Train the IVF-PQ quantisers on ``sample`` [n, dim] (a random subset of what will be added)."""
+        if self.kind == "flat":
+            return self
+        if self.ntotal:
+            raise ValueError(f"the index already holds {self.ntotal} vectors; train before adding")
+        x = self._as_matrix(sample, "sample")
+        nlist = self.nlist or default_nlist(len(x))
+        need = max(nlist, 2**self.nbits)
+        if len(x) < need:
+            raise ValueError(
+                f"IVF-PQ with nlist={nlist}, nbits={self.nbits} needs at least {need} training vectors, got "
+                f"{len(x)}; train on more vectors, lower nlist/nbits, or use kind='flat' for small galleries"
+            )
+        faiss = import_faiss()
+        metric = faiss.METRIC_INNER_PRODUCT if self.metric == "cosine" else faiss.METRIC_L2
+        quantizer = faiss.IndexFlatIP(self.dim) if self.metric == "cosine" else faiss.IndexFlatL2(self.dim)
+        ivf = faiss.IndexIVFPQ(quantizer, self.dim, nlist, self.m, self.nbits, metric)
+        ivf.cp.min_points_per_centroid = 1  # nlist was checked above; silence faiss' stdout warnings
+        ivf.pq.cp.min_points_per_centroid = 1
+        ivf.train(x)  # faiss' Python wrapper keeps the quantizer alive as long as ivf
+        self.nlist = nlist
+        self._set_index(ivf)
+        return self
+
+    def add(
+        self,
+        vectors: torch.Tensor,  # [n, dim]
+        image_ids: torch.Tensor | int,  # [n] or one id for all
+        xy: torch.Tensor | None = None,  # [n, 2] (x, y) pixels; None: image-level vectors
+    ) -> FeatureIndex:
+        """Add vectors with their labels. All inputs are checked before anything is added."""
+        if not self.is_trained:
+            raise ValueError("this IVF-PQ index is not trained; call train(sample) first (or use FeatureIndex.build)")
+        x = self._as_matrix(vectors, "vectors")
+        ids = torch.as_tensor(image_ids).long()
+        ids = ids.expand(len(x)) if ids.ndim == 0 else ids
+        if ids.shape != (len(x),):
+            raise ValueError(f"image_ids must be one id or [n] with n = {len(x)}, got shape {list(ids.shape)}")
+        labels = pack_labels(ids, xy)
+        for start in range(0, len(x), _ADD_CHUNK):
+            self._index.add_with_ids(x[start:start + _ADD_CHUNK], labels[start:start + _ADD_CHUNK])
+        return self
+
+    def add_dense(
+        self,
+        feat: torch.Tensor,  # [C, h, w]
+        image_id: int,
+        image_size: tuple[int, int] | None = None,  # (W, H)
+    ) -> FeatureIndex:
+        """Add every cell of a feature map, labelled with its centre in image pixels (or cells without a size)."""
+        if feat.ndim != 3:
+            raise ValueError(f"feat must be a feature map [C, h, w], got {list(feat.shape)}")
+        c, h, w = feat.shape
+        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        xy = torch.stack([xs.flatten(), ys.flatten()], 1).double()
+        if image_size is not None:
+            W, H = image_size
+            xy = ((xy + 0.5) * xy.new_tensor([W / w, H / h]) - 0.5).round().clamp_min(0)
+        return self.add(feat.reshape(c, h * w).T, image_id, xy.long())
+
+    def add_pooled(self, feats: torch.Tensor, image_ids: Sequence[int] | torch.Tensor) -> FeatureIndex:
+        """Add one image-level vector per map of ``feats`` [B, C, h, w] (see :func:`pooled_descriptors`)."""
+        return self.add(pooled_descriptors(feats), torch.as_tensor(image_ids))
+
+    @classmethod
+    def build(
+        cls,
+        vectors: torch.Tensor,  # [n, dim]
+        image_ids: torch.Tensor | int,
+        xy: torch.Tensor | None = None,
+        *,
+        kind: IndexKind = "flat",
+        train_size: int = 100_000,
+        seed: int = 0,
+        **options: Any,
+    ) -> FeatureIndex:
+        """Create, train (IVF-PQ: on a random sample of ``train_size`` vectors) and fill an index."""
+        index = cls(int(vectors.shape[-1]), kind, **options)
+        if kind == "ivfpq":
+            gen = torch.Generator().manual_seed(seed)
+            pick = torch.randperm(len(vectors), generator=gen)[:train_size]
+            index.train(vectors[pick])
+        return index.add(vectors, image_ids, xy)
+
+    # -- search ---------------------------------------------------------------------------------------------------
+    def search(self, queries: torch.Tensor, k: int = 10) -> SearchResult:
+        """The ``k`` best stored vectors for each query ``[Q, dim]`` (or ``[dim]``)."""
+        if self.ntotal == 0:
+            raise ValueError("the index is empty; add vectors before searching")
+        if not 1 <= k <= self.ntotal:
+            raise ValueError(f"k = {k} but the index holds {self.ntotal} vectors; k must be in 1..{self.ntotal}")
+        q = queries if queries.ndim == 2 else queries.reshape(1, -1)
+        x = self._as_matrix(q, "queries")
+        scores, labels = self._index.search(x, k)
+        image, xy = unpack_labels(labels)
+        scores = torch.from_numpy(scores)
+        if self.metric == "l2":
+            scores = scores.clamp_min(0).sqrt()  # faiss reports squared distances
+        return SearchResult(image, xy, torch.where(image < 0, float("nan"), scores))
+
+    # -- persistence ----------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the index and its metadata to one file, atomically (a temporary name, then a rename)."""
+        from safetensors.numpy import save_file
+
+        faiss = import_faiss()
+        cpu = faiss.index_gpu_to_cpu(self._index) if self._gpus else self._index
+        blob = faiss.serialize_index(cpu) if cpu is not None else np.zeros(0, np.uint8)
+        header = {"format": FORMAT, "dim": self.dim, "kind": self.kind, "metric": self.metric, "nlist": self.nlist,
+                  "m": self.m, "nbits": self.nbits, "nprobe": self.nprobe, "meta": self.meta}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            save_file({"faiss": blob}, str(tmp), metadata={"header": json.dumps(header)})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "auto") -> FeatureIndex:
+        """Read an index written by :meth:`save`, onto ``device`` (as in the constructor)."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"index file {path} does not exist")
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                header = json.loads((f.metadata() or {})["header"])
+                blob = f.get_tensor("faiss")
+        except Exception as err:
+            raise ValueError(f"{path} is not a dift-fast index file ({err})") from None
+        if header.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a dift-fast index (format {header.get('format')!r}, expected {FORMAT})")
+        index = cls(header["dim"], header["kind"], metric=header["metric"], nlist=header["nlist"], m=header["m"],
+                    nbits=header["nbits"], nprobe=header["nprobe"], device=device, meta=header["meta"])
+        if blob.size:
+            index._set_index(import_faiss().deserialize_index(blob))
+        return index
+
+    # -- internals ------------------------------------------------------------------------------------------------
+    def _as_matrix(self, x: torch.Tensor | np.ndarray, name: str) -> np.ndarray:  # [n, dim] float32 C-contiguous
+        t = torch.as_tensor(x)
+        if t.ndim != 2 or t.shape[1] != self.dim:
+            raise ValueError(f"{name} must be [n, {self.dim}] for this {self.dim}-d index, got {list(t.shape)}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be floating point, got {t.dtype}")
+        t = t.detach().float()
+        if self.metric == "cosine":
+            t = F.normalize(t, dim=1)
+        return np.ascontiguousarray(t.cpu().numpy())
+
+    def _set_index(self, cpu_index: Any) -> None:
+        faiss = import_faiss()
+        if cpu_index.is_trained and self.kind == "ivfpq":
+            faiss.extract_index_ivf(cpu_index).nprobe = self.nprobe
+        if not self._gpus:
+            self._index = cpu_index
+            return
+        options = faiss.GpuMultipleClonerOptions()
+        options.useFloat16 = self.kind == "ivfpq" and self.m > 48  # GPU PQ lookup tables above 48 bytes
+        if len(self._gpus) == 1:
+            self._index = faiss.index_cpu_to_gpu(gpu_resources(self._gpus[0]), self._gpus[0], cpu_index, options)
+        else:
+            options.shard = True
+            self._index = faiss.index_cpu_to_gpus_list(cpu_index, co=options, gpus=list(self._gpus))
+        if self.kind == "ivfpq":
+            faiss.GpuParameterSpace().set_index_parameter(self._index, "nprobe", self.nprobe)
+
+
+def _resolve_gpus(device: str) -> tuple[int, ...]:
+    """GPU ids for ``device``; explicit GPU requests fail clearly where faiss cannot use a GPU."""
+    count = faiss_gpu_count()
+    if device == "auto":
+        return tuple(range(count))
+    if device == "cpu":
+        return ()
+    if device == "all" or device.startswith("cuda"):
+        if count == 0:
+            raise ValueError(
+                f"device={device!r} but this faiss has no GPU support (or sees no GPU); install faiss-gpu "
+                "(conda install -c pytorch faiss-gpu) or use device='cpu'"
+            )
+        if device == "all":
+            return tuple(range(count))
+        gpu = int(device.split(":")[1]) if ":" in device else 0
+        if gpu >= count:
+            raise ValueError(f"device={device!r} but faiss sees {count} GPU(s)")
+        return (gpu,)
+    raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'all', got {device!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Finding points in a gallery
+
+
+def pooled_descriptors(feats: torch.Tensor) -> torch.Tensor:  # [B, C, h, w] or [C, h, w] -> [B, C]
+    """Image-level descriptors: the mean of the L2-normalised cell descriptors, L2-normalised."""
+    if feats.ndim == 3:
+        feats = feats[None]
+    if feats.ndim != 4:
+        raise ValueError(f"feats must be [B, C, h, w] or [C, h, w], got {list(feats.shape)}")
+    return F.normalize(F.normalize(feats.float(), dim=1).mean(dim=(2, 3)), dim=1)
+
+
+@dataclass(frozen=True)
+class PointHits:
+    """Where the query points land in the best gallery images."""
+
+    image_ids: torch.Tensor  # [K] long: retrieved images, best first
+    image_scores: torch.Tensor  # [K] float32: pooled-descriptor cosine
+    points: torch.Tensor  # [N, K, 2] long (x, y): each query point transferred into each image
+    scores: torch.Tensor  # [N, K] float32: cosine of each transfer
+
+
+GalleryLookup = Callable[[int], tuple[torch.Tensor, tuple[int, int]]]
+
+
+def find_points(
+    index: FeatureIndex,
+    query_feat: torch.Tensor,  # [C, h, w]
+    query_size: tuple[int, int],  # (W, H)
+    points: torch.Tensor | Sequence[Sequence[int]],  # [N, 2] (x, y) pixels of the query image
+    gallery: GalleryLookup | Any,
+    *,
+    top_images: int = 10,
+    exclude: int | None = None,
+) -> PointHits:
+    """Find query points in a gallery: image-level retrieval on pooled descriptors, then exact point transfer.
+
+    Args:
+        index: a cosine index of pooled descriptors (:meth:`FeatureIndex.add_pooled`), image ids = gallery ids.
+        query_feat: the query image's feature map ``[C, h, w]``.
+        query_size: (width, height) of the query image.
+        points: ``[N, 2]`` pixel coordinates (x, y) in the query image.
+        gallery: a :class:`dift_fast.io.FeatureFile`, or a function ``image_id -> (feat [C, h, w], (W, H))``.
+        top_images: K, the number of retrieved images to transfer the points into.
+        exclude: an image id to leave out (the query itself, when it is part of the gallery).
+
+    Returns:
+        :class:`PointHits` with the K images (best first) and the transferred points and their cosines.
+    """
+    lookup = _gallery_lookup(gallery)
+    want = top_images + (exclude is not None)
+    found = index.search(pooled_descriptors(query_feat), min(want, index.ntotal))
+    keep = found.image_ids[0] >= 0
+    if exclude is not None:
+        keep &= found.image_ids[0] != exclude
+    ids, img_scores = found.image_ids[0][keep][:top_images], found.scores[0][keep][:top_images]
+    if len(ids) == 0:
+        raise ValueError("no gallery image left to search (the index holds only the excluded query image)")
+    pts, scores = [], []
+    for image_id in ids.tolist():
+        feat, size = lookup(image_id)
+        xy, cos = match_points(query_feat, feat.to(query_feat.device), points, query_size, size)
+        pts.append(xy.cpu())
+        scores.append(cos.cpu())
+    return PointHits(ids, img_scores, torch.stack(pts, 1), torch.stack(scores, 1))
+
+
+def _gallery_lookup(gallery: GalleryLookup | Any) -> GalleryLookup:
+    if callable(gallery):
+        return gallery
+    if hasattr(gallery, "features") and hasattr(gallery, "original_sizes"):
+        return lambda i: (gallery.features[i], tuple(gallery.original_sizes[i]))
+    raise TypeError(f"gallery must be a FeatureFile or a function image_id -> (feat, (W, H)), got {type(gallery)}")
