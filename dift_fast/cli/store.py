@@ -1,0 +1,44 @@
+"""``dift-fast store``: look into a feature store and export it (``extract ROOT --out STORE`` fills one)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("store", help="inspect a feature store or export it to HDF5",
+                       description="Inspect a feature store made by 'dift-fast extract ROOT --out STORE', or export it.")
+    actions = p.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+    info = actions.add_parser("info", help="settings, image count, failures")
+    info.add_argument("store")
+    info.add_argument("--failures", action="store_true", help="list every failed image with its reason")
+    info.set_defaults(func=run_info)
+    h5 = actions.add_parser("export-h5", help="write an hloc-style HDF5 file (one group per image)")
+    h5.add_argument("store")
+    h5.add_argument("out", help="OUT.h5")
+    h5.add_argument("--overwrite", action="store_true", help="replace OUT.h5 if it exists")
+    h5.set_defaults(func=run_export_h5)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from ..store import FeatureStore
+
+    store = FeatureStore.open(args.store)
+    print(json.dumps(store.info(), indent=1, sort_keys=True))
+    if args.failures:
+        for name, reason in sorted(store.failures().items()):
+            print(f"failed: {name}: {reason}")
+    return 0
+
+
+def run_export_h5(args: argparse.Namespace) -> int:
+    from ..store import FeatureStore, export_h5
+
+    store = FeatureStore.open(args.store)
+    try:
+        out = export_h5(store, args.out, overwrite=args.overwrite)
+    except FileExistsError as err:
+        raise ValueError(str(err)) from None
+    print(f"wrote {out}: {len(store)} images")
+    return 0

@@ -1,0 +1,440 @@
+"""`FeatureStore`: one safetensors file per image in a hashed folder layout, plus append-only manifests.
+
+Layout of a store folder::
+
+    store.json                          identity (DiftConfig, model revision, store dtype, PCA), written once
+    pca.safetensors                     optional PCA (mean, components, explained variance), written once
+    features/ab/cd/abcd....safetensors  one image: tensor "features" [C, h, w] and its name, size and noise key
+    manifests/<writer>.jsonl            one line per committed image, appended after its file is in place
+    failures/<writer>.jsonl             one line per image that could not be used, with the reason
+    tmp/                                files being written (same filesystem, so the final rename is atomic)
+    writer.lock                         flock held by the process that coordinates a run
+
+A feature file is written under tmp/, flushed to disk and renamed into place, so it either exists complete or
+not at all: killing a writer loses at most the images in flight, and readers never see a partial file. Each writer
+process appends only to its own manifest and failure log; a torn last line (a writer killed mid-append) is
+ignored, and a feature file whose manifest line is missing is adopted by the next run (:meth:`recover`).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from .pca import Pca
+
+__all__ = [
+    "FORMAT",
+    "FeatureStore",
+    "StoreConfigError",
+    "StoreEntry",
+    "StoreError",
+    "StoreFullError",
+    "StoreLockedError",
+    "identity_of",
+]
+
+FORMAT = "dift-fast-store/1"
+StoreDtype = Literal["fp16", "fp32"]
+_TORCH_STORE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be used as asked."""
+
+
+class StoreConfigError(StoreError):
+    """The store was made with different settings than this run's."""
+
+
+class StoreLockedError(StoreError):
+    """Another process is writing to the store."""
+
+
+class StoreFullError(StoreError):
+    """The disk filled up; the store is consistent and the run can be repeated once there is space."""
+
+
+@dataclass(frozen=True)
+class StoreEntry:
+    """One committed image as the manifests record it."""
+
+    name: str  # path relative to the extraction root (posix separators)
+    file: str  # feature file, relative to the store folder
+    shape: tuple[int, int, int]  # [C, h, w] as stored
+    original_size: tuple[int, int]  # (width, height) before resizing
+    image_key: int  # noise key (spec §3)
+
+
+def name_hash(name: str) -> str:
+    return hashlib.blake2b(name.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def identity_of(
+    config: Any, model_folder: Path, compute_dtype: torch.dtype, store_dtype: StoreDtype, pca_dim: int | None,
+    pca_sample: int,
+) -> dict[str, Any]:
+    """What decides the stored numbers: two runs with equal identities write equal stores.
+
+    Batch size, device placement, backend and worker counts are left out: by the noise contract they do not
+    change the features (up to the device's float rounding).
+    """
+    folder = Path(model_folder)
+    local = Path(config.model).is_dir()
+    return {
+        "model": None if local else config.model,  # hub id or 'tiny-random'; local folders go by fingerprint
+        "revision": config.revision,
+        "snapshot": folder.name if folder.parent.name == "snapshots" else None,  # hub commit actually loaded
+        "model_fingerprint": model_fingerprint(folder),
+        "t": config.t,
+        "up_ft_index": config.up_ft_index,
+        "ensemble_size": config.ensemble_size,
+        "image_size": list(config.image_size) if config.image_size is not None else None,
+        "prompt": config.prompt,
+        "seed": config.seed,
+        "compute_dtype": str(compute_dtype).replace("torch.", ""),
+        "store_dtype": store_dtype,
+        "pca_dim": pca_dim,
+        "pca_sample": pca_sample if pca_dim else None,
+    }
+
+
+def model_fingerprint(folder: Path) -> str:
+    """Hash of the component configs and weight file sizes: cheap, and changes when the weights do."""
+    h = hashlib.blake2b(digest_size=8)
+    for comp in ("unet", "vae", "text_encoder"):
+        d = folder / comp
+        if not d.is_dir():
+            continue
+        for f in sorted(d.iterdir()):
+            if f.suffix == ".json":
+                h.update(f.read_bytes())
+            elif f.suffix in (".safetensors", ".bin"):
+                h.update(f"{comp}/{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()
+
+
+class FeatureStore:
+    """A feature store folder. Open it with :meth:`open` (read) or :meth:`create_or_open` (write)."""
+
+    def __init__(self, root: str | os.PathLike, meta: dict[str, Any]) -> None:
+        self.root = Path(root)
+        self.meta = meta
+        self.store_dtype: StoreDtype = meta["identity"]["store_dtype"]
+        self._pca: Pca | None = None
+        self._writer: str | None = None
+        self._lock_fd: int | None = None
+        self.fsync = True
+
+    # -- opening ---------------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> FeatureStore:
+        """Open an existing store for reading (safe while a writer runs)."""
+        root = Path(root)
+        meta_path = root / "store.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{root} is not a dift-fast feature store (no store.json)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != FORMAT:
+            raise StoreError(f"{root}: unknown store format {meta.get('format')!r}, expected {FORMAT}")
+        return cls(root, meta)
+
+    @classmethod
+    def create_or_open(
+        cls,
+        root: str | os.PathLike,
+        identity: dict[str, Any],
+        config: dict[str, Any] | None = None,
+        *,
+        overwrite: bool = False,
+        must_exist: bool = False,
+        extra: dict[str, Any] | None = None,
+    ) -> FeatureStore:
+        """Open ``root`` for writing if its identity equals ``identity``; create it if it does not exist.
+
+        Raises:
+            StoreConfigError: the store was made with other settings (pass ``overwrite=True`` to start afresh).
+            StoreError: ``must_exist`` and there is no store, or ``root`` is a non-empty folder that is not a store.
+        """
+        root = Path(root)
+        if (root / "store.json").is_file():
+            store = cls.open(root)
+            if store.meta["identity"] != identity:
+                if not overwrite:
+                    diff = _describe_diff(store.meta["identity"], identity)
+                    raise StoreConfigError(
+                        f"store {root} was made with different settings ({diff}); rerun with the store's settings, "
+                        "use another --out, or pass --overwrite to delete it and start a new one"
+                    )
+                store.delete_contents()
+            elif overwrite:
+                store.delete_contents()
+            else:
+                return store
+        elif must_exist:
+            raise StoreError(f"--resume: {root} is not an existing feature store; drop --resume to create it")
+        elif root.exists() and any(root.iterdir()) and not overwrite:
+            raise StoreError(f"{root} exists, is not empty and is not a feature store; choose another --out")
+        root.mkdir(parents=True, exist_ok=True)
+        meta = {"format": FORMAT, "identity": identity, "config": config or {}, "created": time.time(),
+                **(extra or {})}
+        _atomic_write_bytes(root / "store.json", json.dumps(meta, indent=1, sort_keys=True).encode(), root / "tmp")
+        return cls(root, meta)
+
+    def delete_contents(self) -> None:
+        """Remove everything a store holds (used by ``--overwrite``)."""
+        import shutil
+
+        for sub in ("features", "manifests", "failures", "tmp"):
+            shutil.rmtree(self.root / sub, ignore_errors=True)
+        for f in ("store.json", "pca.safetensors"):
+            (self.root / f).unlink(missing_ok=True)
+
+    # -- writer session ---------------------------------------------------------------------------------------
+
+    def lock(self) -> None:
+        """Take the store's writer lock (released when the process exits, even by SIGKILL)."""
+        fd = os.open(self.root / "writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreLockedError(f"another process is writing to {self.root}; wait for it or stop it") from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def clear_tmp(self) -> None:
+        """Delete files left in tmp/ by killed writers; only call while holding the lock, before workers start."""
+        tmp = self.root / "tmp"
+        if tmp.is_dir():
+            for f in tmp.iterdir():
+                f.unlink(missing_ok=True)
+
+    @property
+    def writer_id(self) -> str:
+        """This process's name in manifests/ and failures/ (new per process, so appends never interleave)."""
+        if self._writer is None:
+            self._writer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        return self._writer
+
+    # -- layout ----------------------------------------------------------------------------------------------
+
+    def relpath(self, name: str) -> str:
+        h = name_hash(name)
+        return f"features/{h[:2]}/{h[2:4]}/{h}.safetensors"
+
+    def path(self, name: str) -> Path:
+        return self.root / self.relpath(name)
+
+    @property
+    def pca(self) -> Pca | None:
+        if self._pca is None and self.meta["identity"]["pca_dim"]:
+            p = self.root / "pca.safetensors"
+            if p.is_file():
+                self._pca = Pca.load(p)
+        return self._pca
+
+    def save_pca(self, pca: Pca) -> None:
+        pca.save(self.root / "pca.safetensors", self.root / "tmp")
+        self._pca = pca
+
+    def encode(self, features: torch.Tensor) -> torch.Tensor:  # [C, h, w] -> [C', h, w] in the store dtype
+        """What the store keeps for a raw feature map: PCA-projected if configured, cast to the store dtype."""
+        if self.meta["identity"]["pca_dim"]:
+            if self.pca is None:
+                raise StoreError(f"{self.root}: the store uses PCA but pca.safetensors is missing")
+            features = self.pca.project(features)
+        out = features.detach().to("cpu", _TORCH_STORE_DTYPES[self.store_dtype]).contiguous()
+        if not torch.isfinite(out).all():
+            raise ValueError(f"features do not fit in {self.store_dtype} (overflow); use --dtype-store fp32")
+        return out
+
+    # -- writing ---------------------------------------------------------------------------------------------
+
+    def put(self, name: str, features: torch.Tensor, original_size: tuple[int, int], image_key: int) -> StoreEntry:
+        """Store the raw features [C, h, w] of image ``name`` atomically, then record it in the manifest.
+
+        Raises:
+            StoreFullError: the disk is full; nothing partial is left behind.
+        """
+        from safetensors.torch import save as st_save
+
+        data = self.encode(features)
+        meta = {"format": FORMAT, "name": name, "original_size": json.dumps(list(original_size)),
+                "image_key": str(image_key)}
+        blob = st_save({"features": data}, metadata=meta)
+        rel = self.relpath(name)
+        try:
+            _atomic_write_bytes(self.root / rel, blob, self.root / "tmp", fsync=self.fsync)
+        except OSError as err:
+            self._raise_if_full(err, name)
+            raise
+        entry = StoreEntry(name, rel, tuple(data.shape), tuple(original_size), int(image_key))
+        self._append("manifests", _entry_to_json(entry))
+        return entry
+
+    def record_failure(self, name: str, reason: str) -> None:
+        """Append ``name`` and why it failed to this writer's failure log."""
+        self._append("failures", {"name": name, "reason": reason, "time": time.time()})
+
+    def _append(self, folder: str, record: dict[str, Any]) -> None:
+        d = self.root / folder
+        d.mkdir(exist_ok=True)
+        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        try:
+            fd = os.open(d / f"{self.writer_id}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)  # one write of one line: readers see whole lines (a torn one only on a crash)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            self._raise_if_full(err, record["name"])
+            raise
+
+    def _raise_if_full(self, err: OSError, name: str) -> None:
+        if err.errno in _DISK_FULL:
+            raise StoreFullError(
+                f"disk full while writing {name!r} to {self.root} ({os.strerror(err.errno)}); the store is "
+                "consistent: free some space (or use --dtype-store fp16 / --pca) and rerun the same command"
+            ) from err
+
+    def recover(self, names: Iterable[str]) -> list[str]:
+        """Adopt complete feature files of ``names`` that lack a manifest line (writer killed in between)."""
+        done = self.done_names()
+        adopted = []
+        for name in names:
+            if name in done or not self.path(name).is_file():
+                continue
+            try:
+                entry = self._read_entry(name)
+            except Exception:  # a damaged file (e.g. disk error): recompute it
+                self.path(name).unlink(missing_ok=True)
+                continue
+            self._append("manifests", _entry_to_json(entry))
+            adopted.append(name)
+        return adopted
+
+    # -- reading ---------------------------------------------------------------------------------------------
+
+    def entries(self) -> dict[str, StoreEntry]:
+        """All committed images, by name (reads only the manifests)."""
+        out = {}
+        for rec in _read_jsonl_dir(self.root / "manifests"):
+            e = StoreEntry(rec["name"], rec["file"], tuple(rec["shape"]), tuple(rec["original_size"]),
+                           int(rec["image_key"]))
+            out[e.name] = e
+        return out
+
+    def done_names(self) -> set[str]:
+        return set(self.entries())
+
+    def names(self) -> list[str]:
+        return sorted(self.entries())
+
+    def __len__(self) -> int:
+        return len(self.entries())
+
+    def __contains__(self, name: str) -> bool:
+        return self.path(name).is_file()
+
+    def failures(self) -> dict[str, str]:
+        """Images that could not be used and why (latest reason; images stored since then are left out)."""
+        recs = sorted(_read_jsonl_dir(self.root / "failures"), key=lambda r: r.get("time", 0))
+        done = self.done_names()
+        return {r["name"]: r["reason"] for r in recs if r["name"] not in done}
+
+    def get(self, name: str) -> torch.Tensor:  # [C', h, w] in the store dtype
+        """The stored features of one image, read from its own file only."""
+        from safetensors import safe_open
+
+        path = self.path(name)
+        if not path.is_file():
+            raise KeyError(f"image {name!r} is not in store {self.root}")
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("name") != name:
+                raise StoreError(f"{path} holds {(f.metadata() or {}).get('name')!r}, not {name!r} (hash collision?)")
+            return f.get_tensor("features")
+
+    def _read_entry(self, name: str) -> StoreEntry:
+        from safetensors import safe_open
+
+        with safe_open(str(self.path(name)), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("name") != name:
+                raise StoreError(f"{self.path(name)} does not hold {name!r}")
+            shape = tuple(f.get_slice("features").get_shape())
+        return StoreEntry(name, self.relpath(name), shape, tuple(json.loads(meta["original_size"])),
+                          int(meta["image_key"]))
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in self.names():
+            yield name, self.get(name)
+
+    def info(self) -> dict[str, Any]:
+        """A summary for ``dift-fast store info``."""
+        entries = self.entries()
+        out = {"store": str(self.root), "images": len(entries), "failed": len(self.failures()),
+               "identity": self.meta["identity"]}
+        if self.pca is not None:
+            out["pca_explained_variance"] = float(self.pca.explained_variance_ratio.sum())
+        return out
+
+
+def _entry_to_json(e: StoreEntry) -> dict[str, Any]:
+    return {"name": e.name, "file": e.file, "shape": list(e.shape), "original_size": list(e.original_size),
+            "image_key": str(e.image_key)}
+
+
+def _read_jsonl_dir(folder: Path) -> Iterator[dict[str, Any]]:
+    if not folder.is_dir():
+        return
+    for f in sorted(folder.glob("*.jsonl")):
+        data = f.read_bytes()
+        for line in data.split(b"\n")[:-1]:  # the part after the last newline is a line still being written
+            try:
+                yield json.loads(line)
+            except ValueError:  # torn by a crash mid-append
+                continue
+
+
+def _atomic_write_bytes(dest: Path, data: bytes, tmp_dir: Path, fsync: bool = True) -> None:
+    """Write ``data`` to ``tmp_dir`` and rename it to ``dest``: readers see the old state or the whole file."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_dir / f"{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _describe_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return "; ".join(f"{k}: store has {old.get(k)!r}, this run {new.get(k)!r}" for k in keys)
