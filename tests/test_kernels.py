@@ -347,7 +347,6 @@ def test_extractor_path_uses_the_kernels_by_default():
                                                           use_native=True), rtol=0, atol=0)
 
 
-@pytest.mark.slow
 def test_builds_without_cuda(tmp_path):
     """`pip wheel` with DIFT_FAST_CUDA=OFF (what a machine without a toolkit gets) builds a CPU-only module."""
     root = Path(__file__).resolve().parents[1]
