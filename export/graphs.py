@@ -218,6 +218,9 @@ def _finalize(src: Path, dst: Path, opset: int) -> None:
     if size > EXTERNAL_DATA_THRESHOLD:
         onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=dst.name + ".data", size_threshold=1024)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(dst.with_name(dst.name + ".data"), 0o666 & ~umask)  # onnx creates it 0600; match the .onnx
     else:
         onnx.save_model(model, str(dst))
     del model
@@ -323,10 +326,8 @@ def export_onnx(
     with tempfile.TemporaryDirectory(dir=folder, prefix=".trace-") as tmp, torch.inference_mode(False), \
             torch.no_grad():
         with _upsample_to_skip_size(unet_x, dynamic_size):
-            out = graph(*unet_args)
             _trace(graph, unet_args, Path(tmp) / UNET_FILE, unet_inputs, ["features"], axes, min(opset, 20))
         _finalize(Path(tmp) / UNET_FILE, folder / UNET_FILE, opset)
-        moments = vae_x.moments(images)
         _trace(_VaeGraph(vae_x).eval(), (images,), Path(tmp) / VAE_FILE, ["images"], ["moments"], vae_axes,
                min(opset, 20))
         _finalize(Path(tmp) / VAE_FILE, folder / VAE_FILE, opset)
@@ -336,23 +337,25 @@ def export_onnx(
 
         np.save(folder / "prompt_embedding.npy", context.numpy())
 
-    C = int(out.shape[1])
-    feat_shape: list[int | str] = ["batch", C, *(fsp if dynamic_size else out.shape[2:])]
+    # Output shapes from the architecture, not from another (slow, in fp16 on a CPU) forward pass.
+    C = int(unet.out_channels)
     num_down = sum(1 for b in unet.down_blocks if getattr(b, "downsamplers", None))
     num_up = sum(1 for b in unet.up_blocks if getattr(b, "upsamplers", None))
+    geometry = {"channels": C, "num_downsamplers": num_down, "num_upsamplers": num_up}
+    feat_shape: list[int | str] = ["batch", C, *(fsp if dynamic_size else feature_hw(geometry, h, w))]
     graphs = {
         "unet": {
             "file": UNET_FILE,
             "inputs": _io_spec(unet_inputs, [["batch", 4, *sp], [1], ["batch", 77, D]][: len(unet_inputs)],
                                [tdtype, torch.int64, tdtype]),
             "outputs": _io_spec(["features"], [feat_shape], [tdtype]),
-            "geometry": {"channels": C, "num_downsamplers": num_down, "num_upsamplers": num_up},
+            "geometry": geometry,
         },
         "vae_encoder": {
             "file": VAE_FILE,
             "inputs": _io_spec(["images"], [["batch", 3, *(("image_height", "image_width") if dynamic_size
                                                           else (H, W))]], [tdtype]),
-            "outputs": _io_spec(["moments"], [["batch", int(moments.shape[1]), *sp]], [tdtype]),
+            "outputs": _io_spec(["moments"], [["batch", 2 * vae.latent_channels, *sp]], [tdtype]),
             "downsample_factor": f,
             "scaling_factor": vae.scaling_factor,
         },

@@ -138,8 +138,11 @@ def test_bf16_export_is_valid_onnx_but_not_run_by_onnxruntime(comps, tmp_path):
         export_onnx(comps, tmp_path / "x", dtype="bf16", image_size=SIZE, opset=20)
 
 
-def test_fixed_prompt_graph(comps, tmp_path):
-    folder, manifest = export_onnx(comps, tmp_path, image_size=SIZE, fixed_prompt="a photo of a cat")
+def test_fixed_prompt_graph_in_the_default_cache_folder(comps, tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFT_FAST_CACHE", str(tmp_path))
+    folder, manifest = export_onnx(comps, None, image_size=SIZE, fixed_prompt="a photo of a cat")
+    assert folder.parent == tmp_path / "onnx" and folder.name == manifest["export_key"][:24]
+    assert export_onnx(comps, None, image_size=SIZE, fixed_prompt="a photo of a cat")[0] == folder  # cached
     assert [i["name"] for i in manifest["graphs"]["unet"]["inputs"]] == ["x_t", "timestep"]
     assert manifest["fixed_prompt"]["text"] == "a photo of a cat"
     images = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
@@ -165,13 +168,6 @@ def test_export_is_cached_and_keyed(comps, fp32_export):
     for change in ({"dtype": "fp16"}, {"image_size": [64, 64]}, {"up_ft_index": 2}, {"opset": 21},
                    {"model": {**spec["model"], "weights_sha256": "0" * 64}}):
         assert export_key({**spec, **change}) != manifest["export_key"], change
-
-
-def test_default_folder_is_a_cache(comps, tmp_path, monkeypatch):
-    monkeypatch.setenv("DIFT_FAST_CACHE", str(tmp_path))
-    folder, manifest = export_onnx(comps, None, image_size=SIZE)
-    assert folder.parent == tmp_path / "onnx" and folder.name == manifest["export_key"][:24]
-    assert export_onnx(comps, None, image_size=SIZE)[0] == folder
 
 
 def test_manifest_validation_reports_problems(fp32_export, tmp_path):
