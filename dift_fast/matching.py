@@ -14,6 +14,7 @@ Work per pair drops from C·Ht·Wt + N·C·Ht·Wt to C·ht·wt·(5 + N) + N·Ht�
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Literal
 
@@ -32,7 +33,7 @@ __all__ = [
 
 _EPS = 1e-12  # F.normalize's default eps: a zero vector has cosine 0 with everything
 _CHUNK_BYTES = 64 << 20  # default budget for one chunk of [n, Ht, Wt] float32 cosine maps
-_GRAM_BLOCK = 64  # columns per batched Gram block: (h+1)·b·b·C multiply-adds per block
+_GRAM_BLOCK = 16  # columns per batched Gram block: 2·h·(b+1)²·C multiply-adds per block
 
 
 def check_points(points: torch.Tensor, size: tuple[int, int], name: str = "points") -> torch.Tensor:
@@ -109,6 +110,7 @@ def match_points_reference(
 # Fast exact point transfer
 
 
+@functools.lru_cache(maxsize=64)
 def _linear_weights(in_size: int, out_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Index and weights of 1-D bilinear resizing (align_corners=False), read back from ``F.interpolate`` itself.
 
@@ -117,7 +119,7 @@ def _linear_weights(in_size: int, out_size: int, device: torch.device) -> tuple[
     and build (the CPU and CUDA kernels round ``scale·(d + 0.5) − 0.5`` with or without a fused multiply-add).
     Past the last input (i0 = in − 1) the kernel computes l0·x + l1·x, exactly x in real arithmetic; the weights
     are snapped to (1, 0) there so that the border plateau is exactly constant, as in the spec's real-number
-    semantics (see :func:`_cosine_chunks`).
+    semantics (see :func:`_cosine_chunks`). Cached per (sizes, device); callers never modify the tensors.
     """
     eye = torch.eye(in_size, device=device, dtype=torch.float32).view(1, in_size, 1, in_size)
     weights = F.interpolate(eye, size=(1, out_size), mode="bilinear", align_corners=False).view(in_size, out_size)
