@@ -119,15 +119,12 @@ class _VaeGraph(nn.Module):
 
 
 @contextlib.contextmanager
-def _upsample_to_skip_size(unet: nn.Module, enabled: bool) -> Iterator[None]:
+def _upsample_to_skip_size(unet: nn.Module) -> Iterator[None]:
     """Trace the branch that resizes each upsampler to its skip's size (a Python bool in the forward).
 
     For a symbolic spatial size the trace must keep that branch: it is exact for any latent size and, for sizes
     divisible by the UNet's total upsampling, gives the same nearest-neighbour result as the scale-2 branch.
     """
-    if not enabled:
-        yield
-        return
     saved = unet.overall_up_factor
     unet.overall_up_factor = 2**62 + 1  # odd and larger than any size: every size "is not a multiple"
     try:
@@ -204,11 +201,19 @@ def _trace(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_
                           output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True)
 
 
-def _finalize(src: Path, dst: Path, opset: int) -> None:
-    """Re-save a traced graph: opset conversion, one external-data file when over 2 GB, checker."""
+def _finalize(src: Path, dst: Path, opset: int, pin: dict[str, tuple[int, int]] | None) -> None:
+    """Re-save a traced graph: static sizes pinned, opset conversion, one external-data file over 2 GB, checker."""
     import onnx
 
     model = onnx.load(str(src), load_external_data=True)
+    if pin:  # the graph is general in height/width; a static export fixes them on its inputs and outputs
+        for value in (*model.graph.input, *model.graph.output):
+            if value.name in pin:
+                dims = value.type.tensor_type.shape.dim
+                for dim, size in zip((dims[2], dims[3]), pin[value.name]):
+                    dim.Clear()
+                    dim.dim_value = size
+        del model.graph.value_info[:]  # traced at another size: let consumers infer the rest
     if opset != max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")):
         from onnx import version_converter
 
@@ -303,45 +308,46 @@ def export_onnx(
     D = int(unet.config.cross_attention_dim)
     n_trace = 2  # not 1: a batch of 1 can be specialised into reshape constants
     h, w = H // f, W // f
-    x = torch.randn(n_trace, 4, h, w, dtype=tdtype)
+    # Trace at a small latent with symbolic height/width (the tracer runs the network, and fp16 convolutions are
+    # very slow on CPUs); a static export pins its sizes afterwards. The side is not a multiple of the total
+    # upsampling, and the general resize-to-skip branch is traced either way.
+    small = 2 * unet.overall_up_factor + 2
+    x = torch.randn(n_trace, 4, small, small, dtype=tdtype)
     t = torch.tensor([261], dtype=torch.int64)
     sp = ("height", "width") if dynamic_size else (h, w)
     fsp = ("feature_height", "feature_width")
     unet_inputs = ["x_t", "timestep"] + ([] if context is not None else ["encoder_hidden_states"])
     unet_args: tuple[torch.Tensor, ...] = (x, t)
-    axes: dict[str, dict[int, str]] = {"x_t": {0: "batch"}, "features": {0: "batch"}}
-    if dynamic_size:
-        axes["x_t"].update({2: "height", 3: "width"})
-        axes["features"].update({2: fsp[0], 3: fsp[1]})
+    axes: dict[str, dict[int, str]] = {"x_t": {0: "batch", 2: "height", 3: "width"},
+                                       "features": {0: "batch", 2: fsp[0], 3: fsp[1]}}
     if context is None:
         unet_args += (torch.randn(n_trace, 77, D, dtype=tdtype),)
         axes["encoder_hidden_states"] = {0: "batch"}
     graph = _UNetGraph(unet_x, None if context is None else context.to(tdtype)).eval()
-    images = torch.rand(n_trace, 3, H, W, dtype=tdtype) * 2 - 1
-    vae_axes = {"images": {0: "batch"}, "moments": {0: "batch"}}
-    if dynamic_size:
-        vae_axes["images"].update({2: "image_height", 3: "image_width"})
-        vae_axes["moments"].update({2: "height", 3: "width"})
+    images = torch.rand(n_trace, 3, small * f, small * f, dtype=tdtype) * 2 - 1
+    vae_axes = {"images": {0: "batch", 2: "image_height", 3: "image_width"},
+                "moments": {0: "batch", 2: "height", 3: "width"}}
+    geometry = {"channels": int(unet.out_channels),
+                "num_downsamplers": sum(1 for b in unet.down_blocks if getattr(b, "downsamplers", None)),
+                "num_upsamplers": sum(1 for b in unet.up_blocks if getattr(b, "upsamplers", None))}
+    unet_pin = None if dynamic_size else {"x_t": (h, w), "features": feature_hw(geometry, h, w)}
+    vae_pin = None if dynamic_size else {"images": (H, W), "moments": (h, w)}
 
     with tempfile.TemporaryDirectory(dir=folder, prefix=".trace-") as tmp, torch.inference_mode(False), \
             torch.no_grad():
-        with _upsample_to_skip_size(unet_x, dynamic_size):
+        with _upsample_to_skip_size(unet_x):
             _trace(graph, unet_args, Path(tmp) / UNET_FILE, unet_inputs, ["features"], axes, min(opset, 20))
-        _finalize(Path(tmp) / UNET_FILE, folder / UNET_FILE, opset)
+        _finalize(Path(tmp) / UNET_FILE, folder / UNET_FILE, opset, unet_pin)
         _trace(_VaeGraph(vae_x).eval(), (images,), Path(tmp) / VAE_FILE, ["images"], ["moments"], vae_axes,
                min(opset, 20))
-        _finalize(Path(tmp) / VAE_FILE, folder / VAE_FILE, opset)
+        _finalize(Path(tmp) / VAE_FILE, folder / VAE_FILE, opset, vae_pin)
     seconds = time.perf_counter() - t0
     if context is not None:
         import numpy as np
 
         np.save(folder / "prompt_embedding.npy", context.numpy())
 
-    # Output shapes from the architecture, not from another (slow, in fp16 on a CPU) forward pass.
-    C = int(unet.out_channels)
-    num_down = sum(1 for b in unet.down_blocks if getattr(b, "downsamplers", None))
-    num_up = sum(1 for b in unet.up_blocks if getattr(b, "upsamplers", None))
-    geometry = {"channels": C, "num_downsamplers": num_down, "num_upsamplers": num_up}
+    C = geometry["channels"]
     feat_shape: list[int | str] = ["batch", C, *(fsp if dynamic_size else feature_hw(geometry, h, w))]
     graphs = {
         "unet": {
