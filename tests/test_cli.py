@@ -76,6 +76,14 @@ def test_match_prints_points(tiny_model_dir, images, capsys):
         assert 0 <= x < 40 and 0 <= y < 60  # inside image B
 
 
+def test_match_draws_a_picture(tiny_model_dir, images, tmp_path):
+    out = tmp_path / "m.png"
+    args = ["match", images[0], images[1], "--points", "3,4", "--out", str(out), "--heatmap"]
+    assert main([*args, "--model", str(tiny_model_dir), *TINY_ARGS]) == 0
+    with Image.open(out) as png:
+        assert png.format == "PNG" and png.width > png.height  # two images side by side
+
+
 def test_match_rejects_points_outside_image_before_loading(images, capsys):
     code = main(["match", images[0], images[1], "--points", "70,10", "--model", "/nonexistent/model"])
     assert code == 2

@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image_b", metavar="B", help="target image")
     p.add_argument("--points", nargs="+", required=True, metavar="X,Y", help="pixel points in A, e.g. 120,80 30,44")
     p.add_argument("--out", default=None, help="write a picture of the matches (PNG)")
+    p.add_argument("--heatmap", action="store_true", help="with --out: shade B by the first point's cosine similarity")
     add_model_options(p)
     p.set_defaults(func=run)
 
@@ -52,8 +53,12 @@ def run(args: argparse.Namespace) -> int:
     if extractor.is_tiny:
         print("note: model 'tiny-random' has random weights; these matches are meaningless", file=sys.stderr)
     if args.out:
+        from ..matching import cosine_maps
         from ..viz import plot_matches
 
-        plot_matches(img_a, img_b, points, matched.tolist(), args.out, scores=scores.tolist())
+        heatmap = None
+        if args.heatmap:
+            heatmap = cosine_maps(batch.features[0], batch.features[1], torch.tensor(points[:1]), size_a, size_b)[0]
+        plot_matches(img_a, img_b, points, matched.tolist(), args.out, scores=scores.tolist(), heatmap=heatmap)
         print(f"wrote {args.out}")
     return 0
