@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import os
 from dataclasses import dataclass
@@ -112,10 +113,12 @@ def load_components(model: str = DEFAULT_MODEL, revision: str | None = None, up_
         except Exception as err:
             raise ModelLoadError(f"model folder {folder}: could not load the '{name}' component: {err}") from err
 
-    unet_full = load("unet", lambda p: UNet2DConditionModel.from_pretrained(p, torch_dtype=torch.float32))
+    # Meta-device loading needs accelerate; without it diffusers warns on every load, so ask only when it helps.
+    fast = {"low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None}
+    unet_full = load("unet", lambda p: UNet2DConditionModel.from_pretrained(p, torch_dtype=torch.float32, **fast))
     unet = TruncatedUNet(unet_full, up_ft_index)
     del unet_full  # later up blocks, conv_norm_out and conv_out go with it
-    vae_full = load("vae", lambda p: AutoencoderKL.from_pretrained(p, torch_dtype=torch.float32))
+    vae_full = load("vae", lambda p: AutoencoderKL.from_pretrained(p, torch_dtype=torch.float32, **fast))
     vae = VaeEncoder(vae_full)
     del vae_full  # the decoder is never kept
     gc.collect()

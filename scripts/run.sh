@@ -7,6 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh >/dev/null
 if [ $# -eq 0 ]; then
-  set -- match examples/cat.jpg examples/cat_turned.jpg --points 150,80 210,110 110,200 --out match.png
+  set -- match examples/cat.jpg examples/cat_turned.jpg --points 170,110 320,140 262,235 --out match.png
 fi
 exec .venv/bin/dift-fast "$@"
