@@ -21,7 +21,7 @@ def random_images(rng, n, size=(70, 50)):
 def test_same_image_same_features_at_any_batch_position(tiny_extractor_factory, rng, batch_size):
     images = random_images(rng, 5)
     alone = tiny_extractor_factory(batch_size=1).extract(images[3])
-    for pos in range(5):
+    for pos in (0, 2, 4):
         shuffled = [*images[:3], *images[4:]]
         shuffled.insert(pos, images[3])
         feats = tiny_extractor_factory(batch_size=batch_size).extract(shuffled)
