@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,20 +27,8 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "platform": platform.platform()}
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402  (the benchmarks folder is not a package)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Peak memory: resident set high-water mark (VmHWM), reset through /proc/self/clear_refs (Linux).
