@@ -28,31 +28,7 @@ import torch
 
 RESULTS = Path(__file__).parent / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402  (the benchmarks folder is not a package)
-
-# ---------------------------------------------------------------------------------------------------------------
-# Peak memory: resident set high-water mark (VmHWM), reset through /proc/self/clear_refs (Linux).
-
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def peak_rss_delta(fn) -> float | None:
-    """Run fn() once; the peak resident memory above the level just before it, in MiB (None if not Linux).
-
-    Call it in a fresh process: an allocator that already holds freed memory from earlier runs hides the peak.
-    """
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        base = _status_kb("VmRSS")
-    except OSError:
-        return None
-    fn()
-    return (_status_kb("VmHWM") - base) / 1024
+from common import machine, peak_rss_delta, timed  # noqa: E402  (the benchmarks folder is not a package)
 
 
 def peak_in_subprocess(method: str, threads: int) -> float | None:
@@ -60,17 +36,6 @@ def peak_in_subprocess(method: str, threads: int) -> float | None:
                          capture_output=True, text=True).stdout
     value = out.strip().splitlines()[-1]
     return None if value == "None" else float(value)
-
-
-def timed(fn, repeats: int, warmup: int = 1) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def transfer_pairs(points: int) -> list[tuple]:

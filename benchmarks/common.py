@@ -51,6 +51,28 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
     return times
 
 
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def peak_rss_delta(fn: Callable[[], Any]) -> float | None:
+    """Run fn() once; the peak resident memory above the level just before it, in MiB (None if not Linux).
+
+    Resets the high-water mark (VmHWM) through /proc/self/clear_refs. Call it in a fresh process: an allocator
+    that already holds memory freed by earlier runs hides the peak.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        base = _status_kb("VmRSS")
+    except OSError:
+        return None
+    fn()
+    return (_status_kb("VmHWM") - base) / 1024
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
