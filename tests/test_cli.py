@@ -91,6 +91,11 @@ def test_match_rejects_points_outside_image_before_loading(images, capsys):
     assert "outside the 70x50 image" in err and "/nonexistent" not in err
 
 
+def test_extract_refuses_an_output_it_would_misread(images, capsys):
+    assert main(["extract", images[0], "--out", "feats.pt", "--model", "/nonexistent"]) == 2
+    assert ".safetensors" in capsys.readouterr().err
+
+
 def test_unknown_preset_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         main(["extract", "a.png", "--out", "x.safetensors", "--preset", "imagenet"])

@@ -30,7 +30,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# Suffixes people reach for that are neither a feature file nor a store folder.
+OTHER_FILE_SUFFIXES = (".pt", ".pth", ".npy", ".npz", ".h5", ".hdf5", ".pkl", ".json")
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.out.lower().endswith(OTHER_FILE_SUFFIXES):
+        raise ValueError(
+            f"--out {args.out}: feature files are written as .safetensors (e.g. feats.safetensors); for a feature "
+            "store give a folder name (HDF5 comes from `dift-fast store export-h5`)"
+        )
     if not args.out.endswith(FILE_SUFFIXES):
         from ..store.cli import run_store_extract
 
