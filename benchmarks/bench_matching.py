@@ -5,10 +5,12 @@
    points, CPU. Reports median times, the speed ratio, peak resident memory of each, and answer agreement.
 2. ``ivfpq``: recall@10 of an IVF-PQ FeatureIndex against exact (flat) search on N (default 1M) 1280-d vectors
    with cluster structure, generated in chunks (never all in memory), with bytes per vector, build time and
-   queries per second for several nprobe.
+   queries per second for several nprobe. With ``--refine``: one IVF-PQ index with an fp16 refine stage, searched
+   plain (its IVF-PQ alone) and refined (shortlist re-ranked by float16 vectors) for each nprobe and k factor.
 
     python benchmarks/bench_matching.py transfer
     python benchmarks/bench_matching.py ivfpq --n 1000000      # ~10-20 min on 2 cores
+    python benchmarks/bench_matching.py ivfpq --refine --threads 1   # plain and refined rows, one build
 
 Results: JSON in benchmarks/results/, and a markdown table printed for benchmarks/RESULTS.md.
 """
@@ -128,7 +130,9 @@ def bench_ivfpq(args: argparse.Namespace) -> dict:
     queries = data.chunk(10**6, nq)  # fresh vectors from the same distribution, not stored
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
 
-    index = FeatureIndex(data.dim, "ivfpq", nlist=args.nlist, m=args.m, nprobe=16, device="cpu")
+    refine = "fp16" if args.refine else None
+    index = FeatureIndex(data.dim, "ivfpq", nlist=args.nlist, m=args.m, nprobe=16, refine=refine,
+                         refine_k_factor=args.k_factor[0], device="cpu")
     sample = data.chunk(10**6 + 1, args.train)
     t0 = time.perf_counter()
     index.train(sample)
@@ -163,25 +167,43 @@ def bench_ivfpq(args: argparse.Namespace) -> dict:
     truth = best_i  # [nq, 10] global ids
     truth_labels = (truth // 4096, truth % 4096 % 64, truth % 4096 // 64)
 
+    want = truth_labels[0] * 4096 + truth_labels[2] * 64 + truth_labels[1]
+
+    def plain_search(q: torch.Tensor) -> torch.Tensor:  # global ids of the refined index's IVF-PQ alone
+        ivf = faiss.downcast_index(index._index.index).base_index  # sequential ids = global ids (added in order)
+        _, i = ivf.search(torch.nn.functional.normalize(q, dim=1).numpy(), 10)
+        return torch.from_numpy(i)
+
+    def labelled_search(q: torch.Tensor) -> torch.Tensor:  # global ids from FeatureIndex's labels
+        res = index.search(q, 10)
+        return res.image_ids * 4096 + res.xy[..., 1] * 64 + res.xy[..., 0]
+
+    # (refine, k factor, search): with --refine, the plain rows search the same trained IVF-PQ without re-ranking.
+    modes = [(None, None, labelled_search)] if refine is None else (
+        [(None, None, plain_search)] + [(refine, kf, labelled_search) for kf in args.k_factor])
     rows = []
     for nprobe in args.nprobe:
         faiss.extract_index_ivf(index._index).nprobe = nprobe
         index.nprobe = nprobe
-        index.search(queries[:10], 10)  # warm-up
-        t0 = time.perf_counter()
-        res = index.search(queries, 10)
-        dt = time.perf_counter() - t0
-        got = res.image_ids * 4096 + res.xy[..., 1] * 64 + res.xy[..., 0]
-        want = truth_labels[0] * 4096 + truth_labels[2] * 64 + truth_labels[1]
-        overlap = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(got, want)) / (10 * nq)
-        nn_found = float((got == want[:, :1]).any(1).float().mean())
-        rows.append({"nprobe": nprobe, "recall_10_at_10": overlap, "recall_1_at_10": nn_found, "qps": nq / dt})
-        log(f"nprobe {nprobe}: 10-recall@10 {overlap:.3f}, 1-recall@10 {nn_found:.3f}, {nq / dt:.0f} QPS")
+        for mode, kf, fn in modes:
+            if kf is not None:
+                faiss.downcast_index(index._index.index).k_factor = kf
+            fn(queries[:10])  # warm-up
+            t0 = time.perf_counter()
+            got = fn(queries)
+            dt = time.perf_counter() - t0
+            overlap = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(got, want)) / (10 * nq)
+            nn_found = float((got == want[:, :1]).any(1).float().mean())
+            rows.append({"nprobe": nprobe, "refine": mode, "k_factor": kf, "recall_10_at_10": overlap,
+                         "recall_1_at_10": nn_found, "qps": nq / dt})
+            log(f"nprobe {nprobe} refine {mode} k_factor {kf}: 10-recall@10 {overlap:.3f}, "
+                f"1-recall@10 {nn_found:.3f}, {nq / dt:.0f} QPS")
     result = {
         "benchmark": "ivfpq_recall", "machine": machine(), "faiss": faiss.__version__, "faiss_threads":
         faiss.omp_get_max_threads(), "n": n, "dim": data.dim, "clusters": len(data.centres), "queries": nq,
         "nlist": index.nlist, "m": index.m, "nbits": index.nbits, "train_vectors": args.train,
-        "ivfpq_bytes_per_vector": index.bytes_per_vector, "flat_bytes_per_vector": 4 * data.dim + 8,
+        "ivfpq_bytes_per_vector": index.m * index.nbits // 8 + 8, "refine": refine,
+        "index_bytes_per_vector": index.bytes_per_vector, "flat_bytes_per_vector": 4 * data.dim + 8,
         "train_s": t_train, "add_s": t_add, "build_s": t_train + t_add,
         "flat_search_s": t_flat, "flat_qps": nq / t_flat, "generate_s": t_gen, "nprobe_sweep": rows,
     }
@@ -209,6 +231,9 @@ def main() -> None:
     i.add_argument("--nlist", type=int, default=1024)
     i.add_argument("--m", type=int, default=64)
     i.add_argument("--nprobe", type=int, nargs="+", default=[4, 16, 64])
+    i.add_argument("--refine", action="store_true", help="add an fp16 refine stage; report plain and refined")
+    i.add_argument("--k-factor", type=float, nargs="+", default=[8.0],
+                   help="refine shortlist factors to sweep (--refine; default 8)")
     i.add_argument("--threads", type=int, default=os.cpu_count(), help="faiss OpenMP threads")
     i.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -217,7 +242,8 @@ def main() -> None:
         return
     result = bench_transfer(args) if args.which == "transfer" else bench_ivfpq(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = args.out or ("matching_transfer.json" if args.which == "transfer" else "matching_ivfpq.json")
+    name = args.out or ("matching_transfer.json" if args.which == "transfer" else
+                        "matching_ivfpq_refine.json" if args.refine else "matching_ivfpq.json")
     (RESULTS / name).write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {RESULTS / name}")
 

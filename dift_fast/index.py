@@ -6,7 +6,10 @@ faiss keeps anyway. Two kinds:
 
 * ``"flat"``: exact search, 4·dim bytes per vector (+ 8 for the id);
 * ``"ivfpq"``: an inverted file of ``nlist`` lists with product-quantised codes of ``m`` bytes (+ 8 for the id),
-  trained on a sample; approximate, ``nprobe`` lists visited per query.
+  trained on a sample; approximate, ``nprobe`` lists visited per query;
+* ``"ivfpq"`` with ``refine="fp16"``: the same, plus a float16 copy of every vector (2·dim bytes): the IVF-PQ
+  shortlist of ``refine_k_factor``·k candidates is re-ranked by exact distances to the float16 vectors (faiss
+  ``IndexRefine`` over an ``IndexScalarQuantizer(QT_fp16)``, inside an ``IndexIDMap`` that keeps the labels).
 
 The default strategy for finding a point in a gallery (:func:`find_points`) is image-level retrieval on pooled
 descriptors followed by exact point transfer (:func:`dift_fast.matching.match_points`) on the top images.
@@ -39,6 +42,8 @@ GPU_PQ_BYTES = (96, 64, 56, 48, 40, 32, 28, 24, 20, 16, 12, 8, 4, 3, 2, 1)  # co
 
 IndexKind = Literal["flat", "ivfpq"]
 Metric = Literal["cosine", "l2"]
+Refine = Literal["fp16"]
+REFINES = ("fp16",)
 
 
 @dataclass(frozen=True)
@@ -100,8 +105,12 @@ class FeatureIndex:
         nlist: IVF lists (default from the training sample size, :func:`default_nlist`).
         m: PQ bytes per vector (default :func:`default_pq_bytes`); ``nbits`` bits per sub-quantiser code.
         nprobe: lists visited per query (IVF-PQ).
+        refine: ``"fp16"`` to re-rank the IVF-PQ shortlist with stored float16 vectors (IVF-PQ only; +2·dim + 8
+            bytes per vector), or None. Refined indexes stay on the CPU (see ``device``).
+        refine_k_factor: candidates taken from IVF-PQ per result when refining (k·refine_k_factor re-ranked).
         device: ``"auto"`` (all GPUs faiss sees, else CPU), ``"cpu"``, ``"cuda"``/``"cuda:N"`` (one GPU), or
-            ``"all"`` (sharded over every GPU with ``index_cpu_to_all_gpus``).
+            ``"all"`` (sharded over every GPU with ``index_cpu_to_all_gpus``). With ``refine``, ``"auto"`` means the
+            CPU and a GPU device is an error: the refine wrapper is not cloned to GPUs here.
         meta: JSON-serialisable metadata saved with the index (e.g. image names and sizes).
     """
 
@@ -115,11 +124,19 @@ class FeatureIndex:
         m: int | None = None,
         nbits: int = 8,
         nprobe: int = 16,
+        refine: Refine | None = None,
+        refine_k_factor: float = 8.0,
         device: str = "auto",
         meta: dict[str, Any] | None = None,
     ) -> None:
         if kind not in ("flat", "ivfpq"):
             raise ValueError(f"kind must be 'flat' or 'ivfpq', got {kind!r}")
+        if refine is not None and refine not in REFINES:
+            raise ValueError(f"refine must be None or one of {REFINES}, got {refine!r}")
+        if refine is not None and kind != "ivfpq":
+            raise ValueError(f"refine={refine!r} re-ranks an IVF-PQ shortlist; it needs kind='ivfpq', got {kind!r}")
+        if not refine_k_factor >= 1:
+            raise ValueError(f"refine_k_factor must be at least 1, got {refine_k_factor}")
         if metric not in ("cosine", "l2"):
             raise ValueError(f"metric must be 'cosine' or 'l2', got {metric!r}")
         if dim < 1:
@@ -129,8 +146,16 @@ class FeatureIndex:
             raise ValueError(f"PQ bytes m = {m} must divide the dimension {dim}")
         self.dim, self.kind, self.metric = dim, kind, metric
         self.nlist, self.m, self.nbits, self.nprobe = nlist, m, nbits, nprobe
+        self.refine, self.refine_k_factor = refine, float(refine_k_factor)
         self.meta: dict[str, Any] = dict(meta or {})
         self._gpus = _resolve_gpus(device)
+        if refine is not None and self._gpus:
+            if device != "auto":
+                raise ValueError(
+                    f"refine={refine!r} indexes run on the CPU only (the IndexRefine wrapper is not cloned to GPUs "
+                    f"here); use device='cpu' or 'auto', or refine=None for a GPU IVF-PQ index"
+                )
+            self._gpus = ()
         self._index: Any = None
         if kind == "flat":
             faiss = import_faiss()
@@ -155,12 +180,20 @@ class FeatureIndex:
 
     @property
     def bytes_per_vector(self) -> int:
-        """Stored bytes per vector: the code (4·dim flat, m·nbits/8 IVF-PQ) plus faiss' 8-byte id (our label)."""
+        """Stored bytes per vector: the code (4·dim flat, m·nbits/8 IVF-PQ) plus faiss' 8-byte id (our label).
+
+        With ``refine="fp16"`` add the float16 vector (2·dim) and a second 8-byte id: the IVF lists then hold
+        sequential ids (IndexRefine finds the float16 vector by position) and an IndexIDMap maps them to labels.
+        """
         code = 4 * self.dim if self.kind == "flat" else math.ceil(self.m * self.nbits / 8)
+        if self.refine == "fp16":
+            return code + 8 + 2 * self.dim + 8
         return code + 8
 
     def __repr__(self) -> str:
         extra = f", nlist={self.nlist}, m={self.m}, nprobe={self.nprobe}" if self.kind == "ivfpq" else ""
+        if self.refine:
+            extra += f", refine={self.refine!r}, refine_k_factor={self.refine_k_factor:g}"
         return (f"FeatureIndex(dim={self.dim}, kind={self.kind!r}, metric={self.metric!r}{extra}, "
                 f"ntotal={self.ntotal}, device={self.device!r}, {self.bytes_per_vector} B/vector)")
 
@@ -187,7 +220,13 @@ class FeatureIndex:
         ivf.pq.cp.min_points_per_centroid = 1
         ivf.train(x)  # faiss' Python wrapper keeps the quantizer alive as long as ivf
         self.nlist = nlist
-        self._set_index(ivf)
+        if self.refine == "fp16":
+            # IndexRefine looks its float16 vectors up by position, so the IVF-PQ inside it gets sequential ids
+            # and the IndexIDMap outside carries the labels. The wrappers keep Python references to what they wrap.
+            fp16 = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16, metric)
+            self._set_index(faiss.IndexIDMap(faiss.IndexRefine(ivf, fp16)))
+        else:
+            self._set_index(ivf)
         return self
 
     def add(
@@ -275,7 +314,8 @@ class FeatureIndex:
         cpu = faiss.index_gpu_to_cpu(self._index) if self._gpus else self._index
         blob = faiss.serialize_index(cpu) if cpu is not None else np.zeros(0, np.uint8)
         header = {"format": FORMAT, "dim": self.dim, "kind": self.kind, "metric": self.metric, "nlist": self.nlist,
-                  "m": self.m, "nbits": self.nbits, "nprobe": self.nprobe, "meta": self.meta}
+                  "m": self.m, "nbits": self.nbits, "nprobe": self.nprobe, "refine": self.refine,
+                  "refine_k_factor": self.refine_k_factor, "meta": self.meta}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -303,7 +343,8 @@ class FeatureIndex:
         if header.get("format") != FORMAT:
             raise ValueError(f"{path} is not a dift-fast index (format {header.get('format')!r}, expected {FORMAT})")
         index = cls(header["dim"], header["kind"], metric=header["metric"], nlist=header["nlist"], m=header["m"],
-                    nbits=header["nbits"], nprobe=header["nprobe"], device=device, meta=header["meta"])
+                    nbits=header["nbits"], nprobe=header["nprobe"], refine=header.get("refine"),
+                    refine_k_factor=header.get("refine_k_factor", 8.0), device=device, meta=header["meta"])
         if blob.size:
             index._set_index(import_faiss().deserialize_index(blob))
         return index
@@ -323,7 +364,9 @@ class FeatureIndex:
     def _set_index(self, cpu_index: Any) -> None:
         faiss = import_faiss()
         if cpu_index.is_trained and self.kind == "ivfpq":
-            faiss.extract_index_ivf(cpu_index).nprobe = self.nprobe
+            faiss.extract_index_ivf(cpu_index).nprobe = self.nprobe  # also through IndexIDMap and IndexRefine
+        if self.refine is not None:
+            faiss.downcast_index(cpu_index.index).k_factor = self.refine_k_factor
         if not self._gpus:
             self._index = cpu_index
             return

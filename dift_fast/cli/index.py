@@ -34,6 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~4·sqrt(training vectors))")
     b.add_argument("--m", type=int, default=None, help="PQ bytes per vector (default: dim/16 or the nearest valid)")
     b.add_argument("--nprobe", type=int, default=16, help="IVF lists searched per query (default 16)")
+    b.add_argument("--refine", default=None, choices=("fp16",),
+                   help="ivfpq only: also store float16 vectors (+2·dim bytes each) and re-rank the IVF-PQ "
+                   "shortlist with them (higher recall; the index then runs on the CPU)")
+    b.add_argument("--refine-k-factor", type=float, default=8.0,
+                   help="with --refine: IVF-PQ candidates re-ranked per result (default 8)")
     b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or all (shard over all GPUs)")
     b.set_defaults(func=run_build)
 
@@ -65,8 +70,8 @@ def run_build(args: argparse.Namespace) -> int:
     b, c, h, w = feats.shape
     meta = {"features": str(Path(args.features).resolve()), "level": args.level, "names": ff.names,
             "original_sizes": [list(s) for s in ff.original_sizes]}
-    index = FeatureIndex(c, args.kind, nlist=args.nlist, m=args.m, nprobe=args.nprobe, device=args.device,
-                         meta=meta)
+    index = FeatureIndex(c, args.kind, nlist=args.nlist, m=args.m, nprobe=args.nprobe, refine=args.refine,
+                         refine_k_factor=args.refine_k_factor, device=args.device, meta=meta)
     if args.level == "image":
         vectors, ids, xy = pooled_descriptors(feats), torch.arange(b), None
     else:
@@ -81,7 +86,8 @@ def run_build(args: argparse.Namespace) -> int:
         index.train(vectors[pick])
     index.add(vectors, ids, xy)
     out = index.save(args.out)
-    print(f"wrote {out}: {index.ntotal} vectors ({args.level} level) of {b} images, {index.kind}, "
+    kind = index.kind + (f" + {index.refine} refine (k factor {index.refine_k_factor:g})" if index.refine else "")
+    print(f"wrote {out}: {index.ntotal} vectors ({args.level} level) of {b} images, {kind}, "
           f"{index.bytes_per_vector} bytes/vector, on {index.device}")
     return 0
 
