@@ -169,3 +169,11 @@ def test_feature_shape_matches_extraction(tiny_extractor_factory, rng):
     for k in range(4):
         ext = tiny_extractor_factory(up_ft_index=k, image_size=(72, 40))
         assert tuple(ext.extract(random_images(rng, 1)).shape[1:]) == ext.feature_shape()
+
+
+def test_image_size_none_keeps_each_image_floored_to_multiples_of_8(tiny_extractor_factory, rng):
+    ext = tiny_extractor_factory(image_size=None)
+    prepared = ext.prepare(random_images(rng, 1, size=(70, 50)))[0]
+    assert prepared.pixels.shape == (3, 48, 64) and prepared.original_size == (70, 50)
+    with pytest.raises(ValueError, match="set image_size"):
+        ext.extract(random_images(rng, 1, size=(70, 50)) + random_images(rng, 1, size=(40, 40)))
