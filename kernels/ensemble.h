@@ -149,6 +149,21 @@ DIFT_HD void latents_group(const In* mean, const In* stdv, Out* out, int64_t num
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// contract noise alone (tests and benchmarks): item t of batch*E*groups writes the four normals of group j of
+// member e of image b into out[(b*E + e)*numel + 4j ...].
+DIFT_HD void noise_group(int64_t t, const uint64_t* keys, int32_t ensemble, int64_t numel, uint64_t seed,
+                         uint32_t stream_id, float* out) {
+  const int64_t groups = (numel + 3) / 4;
+  const int64_t j = t % groups, be = t / groups, b = be / ensemble, e = be % ensemble;
+  uint32_t k0, k1;
+  philox_key(seed, keys[b], &k0, &k1);
+  float n[4];
+  contract_normals(keys[b], k0, k1, uint32_t(j), uint32_t(e), stream_id, n);
+  float* dst = out + be * numel + 4 * j;
+  for (int64_t i = 0; i < 4 && 4 * j + i < numel; ++i) dst[i] = n[i];
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // ensemble_reduce: mean = (f_0 + f_1 + ... + f_{E-1}) / E in float32, members added in order.
 // The L2 norm over C channels is summed in kNormChunks contiguous channel chunks (each in channel order), and the
 // chunk sums are added in chunk order; both executors use this order, so CPU and CUDA agree bit for bit.

@@ -122,15 +122,7 @@ void contract_noise_cpu(const uint64_t* keys, int64_t batch, int32_t ensemble, i
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) num_threads(DIFT_OMP_THREADS(num_threads))
 #endif
-  for (int64_t t = 0; t < total; ++t) {
-    const int64_t j = t % groups, be = t / groups, b = be / ensemble, e = be % ensemble;
-    uint32_t k0, k1;
-    philox_key(seed, keys[b], &k0, &k1);
-    float n[4];
-    contract_normals(keys[b], k0, k1, uint32_t(j), uint32_t(e), stream_id, n);
-    float* dst = out + be * numel + 4 * j;
-    for (int64_t i = 0; i < 4 && 4 * j + i < numel; ++i) dst[i] = n[i];
-  }
+  for (int64_t t = 0; t < total; ++t) noise_group(t, keys, ensemble, numel, seed, stream_id, out);
   (void)num_threads;
 }
 

@@ -79,14 +79,7 @@ __global__ void noise_kernel(const uint64_t* __restrict__ keys, int64_t rows, in
                              uint64_t seed, uint32_t stream_id, float* __restrict__ out) {
   const int64_t groups = (numel + 3) / 4;
   const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= rows * groups) return;
-  const int64_t j = t % groups, be = t / groups, b = be / ensemble, e = be % ensemble;
-  uint32_t k0, k1;
-  philox_key(seed, keys[b], &k0, &k1);
-  float n[4];
-  contract_normals(keys[b], k0, k1, uint32_t(j), uint32_t(e), stream_id, n);
-  float* dst = out + be * numel + 4 * j;
-  for (int64_t i = 0; i < 4 && 4 * j + i < numel; ++i) dst[i] = n[i];
+  if (t < rows * groups) noise_group(t, keys, ensemble, numel, seed, stream_id, out);
 }
 
 __global__ void probe_kernel(int* flag) { *flag = 42; }
