@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -18,9 +18,42 @@ from .loading import DiftComponents, load_components
 from .schedule import noise_coefficients
 from .tiny import TINY_WARNING
 
-__all__ = ["DiftExtractor", "FeatureBatch", "NonFiniteFeaturesError"]
+__all__ = ["STAGES", "DiftExtractor", "FeatureBatch", "NonFiniteFeaturesError", "StageRecorder"]
 
 logger = logging.getLogger(__name__)
+
+
+# The stages of an extraction, in order. `copy_to_host` is the caller's: the extractor returns device tensors.
+STAGES = ("preprocess", "encoder", "noise", "prompt", "unet", "reduce", "copy_to_host")
+
+
+class StageRecorder(Protocol):
+    """Told where each stage of an extraction starts and ends (``dift_fast.bench`` times them).
+
+    The extractor calls ``begin(name)`` at each stage boundary (``name`` from :data:`STAGES`; a stage recurs once
+    per micro-batch) and ``end()`` after the last. A recorder must not synchronise the device.
+    """
+
+    def begin(self, name: str) -> None:
+        """End the running stage, if any, and start stage ``name``."""
+        ...
+
+    def end(self) -> None:
+        """End the running stage, if any."""
+        ...
+
+
+class _NoStages:
+    """The default recorder: records nothing."""
+
+    def begin(self, name: str) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+NO_STAGES: StageRecorder = _NoStages()
 
 
 class NonFiniteFeaturesError(FloatingPointError):
@@ -58,6 +91,10 @@ class DiftExtractor:
     Example:
         >>> extractor = DiftExtractor.from_pretrained(preset="spair")
         >>> feats = extractor.extract(["cat.jpg", "dog.jpg"], prompt="a photo of a cat")  # [2, 1280, 48, 48]
+
+    Attributes:
+        stage_recorder: the :class:`StageRecorder` told where each stage starts and ends (``dift-fast bench``
+            sets one); the default records nothing.
     """
 
     def __init__(self, components: DiftComponents, config: DiftConfig, **backend_options: Any) -> None:
@@ -69,6 +106,7 @@ class DiftExtractor:
         self.sqrt_alpha, self.sqrt_one_minus_alpha = noise_coefficients(components.scheduler_config, config.t)
         self.text_encoder = components.text_encoder.to(self.device)
         self._prompt_cache: dict[str, torch.Tensor] = {}
+        self.stage_recorder: StageRecorder = NO_STAGES
         # On the CPU, run the networks image by image so results never depend on the batch (see _per_image).
         self.batch_invariant = self.device.type == "cpu"
         index = components.folder / "model_index.json"
@@ -148,8 +186,11 @@ class DiftExtractor:
             keep_dtype: return the compute dtype instead of float32.
             progress: show a progress bar over micro-batches.
         """
+        self.stage_recorder.begin("preprocess")
+        prepared = self.prepare(images)
+        self.stage_recorder.end()
         return self.extract_prepared(
-            self.prepare(images), prompt, noise=noise, image_keys=image_keys, keep_dtype=keep_dtype, progress=progress
+            prepared, prompt, noise=noise, image_keys=image_keys, keep_dtype=keep_dtype, progress=progress
         ).features
 
     def extract_prepared(
@@ -182,10 +223,14 @@ class DiftExtractor:
 
             chunks = tqdm(chunks, total=-(-n // bs), desc="dift-fast extract", unit="batch")
         out = []
+        stages = self.stage_recorder
         for start in chunks:
             stop = min(start + bs, n)
+            stages.begin("preprocess")
             pixels = torch.stack([p.pixels for p in prepared[start:stop]])
+            stages.begin("encoder")
             mean, std = self._per_image(self.backend.encode, 1, pixels)
+            stages.begin("noise")
             if noise is None:
                 latents = ops.ensemble_latents(
                     mean,
@@ -209,9 +254,12 @@ class DiftExtractor:
                     self.sqrt_one_minus_alpha,
                     self.components.vae.scaling_factor,
                 ).to(self.backend.dtype)
+            stages.begin("prompt")
             context = torch.stack([self.encode_prompt(p) for p in prompts[start:stop]])
             context = context.repeat_interleave(E, dim=0)
+            stages.begin("unet")
             feats = self._per_image(lambda x, c: self.backend.features(x, self.config.t, c), E, latents, context)
+            stages.begin("reduce")
             reduced = ops.ensemble_reduce(feats, E)
             if not torch.isfinite(reduced).all():
                 raise NonFiniteFeaturesError(
@@ -219,6 +267,7 @@ class DiftExtractor:
                     "use dtype='bf16' or 'fp32' (fp16 can overflow in SD 2.x)"
                 )
             out.append(reduced.to(self.dtype) if keep_dtype else reduced)
+            stages.end()
         return FeatureBatch(
             features=torch.cat(out),
             names=[p.name for p in prepared],
