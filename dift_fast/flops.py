@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +11,7 @@ from torch import nn
 
 from .unet import TruncatedUNet, VaeEncoder
 
-__all__ = ["CostReport", "count_parameters", "measure_costs"]
+__all__ = ["CostReport", "count_parameters", "measure_component_costs", "measure_costs"]
 
 
 @dataclass
@@ -24,6 +25,7 @@ class CostReport:
     text_encoder_parameters: int | None
     vae_flops: int  # per image (the VAE runs once per image)
     unet_flops: int  # per ensemble member
+    text_encoder_flops: int | None = None  # one prompt (77 tokens); dift-fast encodes each prompt once
 
     def per_image(self, ensemble_size: int) -> int:
         """dift-fast's FLOPs per image: VAE once + E truncated UNet passes."""
@@ -35,6 +37,7 @@ class CostReport:
 
 
 def count_parameters(module: nn.Module) -> int:
+    """Number of parameters of ``module`` (works on the meta device)."""
     return sum(p.numel() for p in module.parameters())
 
 
@@ -53,7 +56,11 @@ def measure_costs(
     up_ft_index: int,
     text_encoder: nn.Module | None = None,
 ) -> CostReport:
-    """Build the networks from their configs on the meta device and count parameters and FLOPs for one image."""
+    """Build the networks from their configs on the meta device and count parameters and FLOPs for one image.
+
+    With ``text_encoder`` (a transformers text model; its weights are not touched), also its parameters and the
+    FLOPs of encoding one prompt.
+    """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     w, h = image_size
@@ -66,6 +73,10 @@ def measure_costs(
         context = torch.zeros(1, 77, unet.config.cross_attention_dim)
         vae_flops = _flops(vae.moments, image)
         unet_flops = _flops(unet, latent, torch.tensor([1]), context)
+        text_flops = None
+        if text_encoder is not None:
+            text_copy = type(text_encoder)(text_encoder.config)
+            text_flops = _flops(text_copy, torch.zeros(1, 77, dtype=torch.int64))
     return CostReport(
         image_size=(w, h),
         up_ft_index=up_ft_index,
@@ -74,4 +85,19 @@ def measure_costs(
         text_encoder_parameters=count_parameters(text_encoder) if text_encoder is not None else None,
         vae_flops=vae_flops,
         unet_flops=unet_flops,
+        text_encoder_flops=text_flops,
     )
+
+
+def measure_component_costs(components: Any, image_size: tuple[int, int]) -> CostReport:
+    """:func:`measure_costs` for loaded :class:`~dift_fast.loading.DiftComponents` (from their configs).
+
+    The VAE's config is read from ``components.folder`` (``vae/config.json``), as the loaded encoder keeps none.
+    """
+    path = components.folder / "vae" / "config.json"
+    try:
+        vae_config = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot count FLOPs: cannot read {path}: {err}") from None
+    unet = components.unet
+    return measure_costs(dict(unet.config), vae_config, image_size, unet.up_ft_index, components.text_encoder)
