@@ -1,0 +1,333 @@
+"""`dift-fast bench` and `dift_fast.bench`: schema and internal consistency of the numbers, never timing thresholds."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dift_fast.bench import BenchSettings, compile_supported, run_benchmark, summarize
+from dift_fast.bench.environment import gpu_processes
+from dift_fast.bench.memory import PeakMemory
+from dift_fast.bench.models import fill_random_, load_bench_components, resolve_architecture
+from dift_fast.bench.peaks import peak_flops
+from dift_fast.bench.report import format_table, instability, write_json
+from dift_fast.bench.stats import percentile
+from dift_fast.bench.timers import PerfCounterTimer
+from dift_fast.cli import main
+from dift_fast.extractor import STAGES
+from dift_fast.tiny import tiny_component_configs
+
+# Sum of stage intervals vs the enclosing call interval: both are differences of the same perf_counter readings, so
+# they can differ only by float rounding of a few seconds' worth of doubles (~1e-15 s); 1 ns is far above that.
+ROUNDING_S = 1e-9
+TINY = {"image_size": (64, 48), "ensemble_size": 2, "device": "cpu"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads on the shared 2-core machine make the timings noisy, not the test wrong
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tiny_model_dir):
+    """One benchmark of the tiny model: baseline + batch sizes 1 and 3 (the last call of 3 images is a 2+1 split)."""
+    settings = BenchSettings(model=str(tiny_model_dir), batch_sizes=(1, 3), warmup=1, iters=3, baseline=True, **TINY)
+    return run_benchmark(settings)
+
+
+def _check_summary(summary: dict, values: list[float] | None = None) -> None:
+    vals = summary["values"] if values is None else values
+    assert summary["values"] == pytest.approx(vals)
+    assert summary["p50"] == pytest.approx(np.percentile(vals, 50))
+    assert summary["p90"] == pytest.approx(np.percentile(vals, 90))
+    assert summary["p99"] == pytest.approx(np.percentile(vals, 99))
+    assert summary["min"] <= summary["p50"] <= summary["p90"] <= summary["p99"] <= summary["max"]
+
+
+def test_report_schema_and_consistent_numbers(tiny_report):
+    report = tiny_report
+    assert report["schema"] == "dift-fast-bench/1" and report["device"] == "cpu"
+    assert report["machine"]["cores"] >= 1 and report["machine"]["torch"] == torch.__version__
+    costs = report["costs"]
+    E = report["config"]["ensemble_size"]
+    assert costs["engine_flops_per_image"] == costs["vae_flops_per_image"] + E * costs["unet_flops_per_member"]
+    assert (
+        costs["reference_flops_per_image"]
+        == E * (costs["vae_flops_per_image"] + costs["unet_flops_per_member"]) + costs["text_encoder_flops_per_prompt"]
+    )
+    records = report["records"]
+    assert [(r["kind"], r["batch_size"], r["status"]) for r in records] == [
+        ("baseline", 1, "ok"),
+        ("engine", 1, "ok"),
+        ("engine", 3, "ok"),
+    ]
+    baseline = records[0]
+    for r in records:
+        batch, calls = r["batch_size"], r["call_s"]["values"]
+        assert len(calls) == 3
+        _check_summary(r["call_s"])
+        _check_summary(r["image_s"], [c / batch for c in calls])  # per image = per call / batch
+        assert r["images_per_s"] == pytest.approx(batch / r["call_s"]["p50"])
+        cv = float(np.std(calls, ddof=1) / np.mean(calls))
+        assert r["cv"] == pytest.approx(cv) and r["stable"] == (cv <= report["max_cv"])
+        assert set(r["stages_s"]) == set(STAGES)  # every stage was reported, engine and reference alike
+        for i, call in enumerate(calls):
+            stages = [s["values"][i] for s in r["stages_s"].values()]
+            assert all(v >= 0 for v in stages)
+            assert sum(stages) <= call + ROUNDING_S  # stages nest inside the call and do not overlap
+            assert r["other_s"]["values"][i] == pytest.approx(call - sum(stages))
+        assert r["memory"]["kind"] and r["memory"]["peak_bytes"] >= r["memory"]["before_bytes"] > 0
+        flops = costs["reference_flops_per_image" if r["kind"] == "baseline" else "engine_flops_per_image"]
+        assert r["flops_per_image"] == flops
+        assert r["achieved_flops_per_s"] == pytest.approx(flops * r["images_per_s"])
+        assert r["peak_flops"] is None and r["peak_share"] is None  # no datasheet peak for a CPU
+        if r["kind"] == "engine":
+            assert r["baseline_ratio"] == pytest.approx(r["images_per_s"] / baseline["images_per_s"])
+            assert r["baseline_ratio"] == pytest.approx(baseline["image_s"]["p50"] / r["image_s"]["p50"])
+        else:
+            assert r["baseline_ratio"] is None
+    assert report["stable"] == all(r["stable"] for r in records)
+
+
+def test_report_round_trips_through_json_and_table(tiny_report, tmp_path):
+    path = write_json({**tiny_report, "extra": float("nan")}, tmp_path / "sub" / "bench.json")
+    loaded = json.loads(path.read_text())  # strict JSON: NaN became null
+    assert loaded["extra"] is None and loaded["records"] == json.loads(json.dumps(tiny_report["records"]))
+    assert [p.name for p in path.parent.iterdir()] == ["bench.json"]  # no temporary file left behind
+    table = format_table(tiny_report)
+    assert "reference style (fp32)" in table and "| torch fp32 | 3 |" in table
+    assert "load average" in table and "64x48, E=2" in table
+
+
+def test_stage_recorder_sees_every_stage_and_changes_nothing(tiny_extractor_factory, rng):
+    class Log:
+        def __init__(self):
+            self.events = []
+
+        def begin(self, name):
+            self.events.append(name)
+
+        def end(self):
+            self.events.append("end")
+
+    images = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
+    ext = tiny_extractor_factory(batch_size=2)
+    plain = ext.extract(images)
+    ext.stage_recorder = log = Log()
+    recorded = ext.extract(images)
+    assert torch.equal(plain, recorded)
+    per_batch = ["preprocess", "encoder", "noise", "prompt", "unet", "reduce", "end"]
+    assert log.events == ["preprocess", "end", *per_batch, *per_batch]  # two micro-batches (2 + 1 images)
+
+
+def test_perf_counter_timer_accumulates_recurring_stages():
+    timer = PerfCounterTimer()
+    timer.start_call()
+    for _ in range(3):
+        timer.begin("unet")
+        timer.begin("reduce")
+    timer.stop_call()
+    call, stages = timer.result()
+    assert set(stages) == {"unet", "reduce"} and sum(stages.values()) <= call + ROUNDING_S
+    timer.start_call()  # a new call starts from nothing
+    timer.stop_call()
+    assert timer.result()[1] == {}
+
+
+def test_percentiles_and_summary_match_numpy(rng):
+    values = list(rng.exponential(size=37))
+    for q in (0, 10, 50, 90, 99, 100):
+        assert percentile(values, q) == pytest.approx(np.percentile(values, q))
+    s = summarize(values)
+    assert s.cv == pytest.approx(np.std(values, ddof=1) / np.mean(values))
+    assert s.scaled(0.25).p90 == pytest.approx(np.percentile(values, 90) * 0.25)
+    assert summarize([3.0]).cv is None
+    with pytest.raises(ValueError, match="empty"):
+        summarize([])
+
+
+def test_peak_memory_sees_an_allocation_between_reset_and_read():
+    meter = PeakMemory(torch.device("cpu"))
+    meter.reset()
+    if not meter.kind.startswith("resident-set"):
+        pytest.skip(f"cannot reset the resident high-water mark here ({meter.kind})")
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, written (resident)
+    del block
+    reading = meter.read()
+    assert reading["peak_bytes"] - reading["before_bytes"] >= 60 * 2**20
+
+
+def test_cli_refuses_to_report_an_unstable_run(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "b.json"
+    args = ["bench", "--model", str(tiny_model_dir), "--device", "cpu", "--image-size", "64x48"]
+    args += ["--ensemble-size", "1", "--batch-sizes", "1", "--warmup", "0", "--out", str(out)]
+    # --max-cv 0: any spread at all is too much (timings of real calls are never all equal to the nanosecond).
+    assert main([*args, "--iters", "2", "--max-cv", "0"]) == 3
+    err = capsys.readouterr().err
+    assert "not reporting" in err and "CV" in err and "--allow-noisy" in err and not out.exists()
+    assert main([*args, "--iters", "1"]) == 3  # one call cannot show stability
+    assert "one timed call" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--iters", "2", "--max-cv", "0", "--allow-noisy"]) == 0
+    report = json.loads(out.read_text())
+    assert report["stable"] is False and report["records"][0]["stable"] is False
+    assert "(noisy)" in capsys.readouterr().out
+    assert instability(report)
+
+
+def test_cli_skips_unavailable_backend_with_reason_and_plots(tiny_model_dir, tmp_path, capsys):
+    out, png = tmp_path / "b.json", tmp_path / "b.png"
+    args = ["bench", "--model", str(tiny_model_dir), "--device", "cpu", "--image-size", "64x48", "--ensemble-size", "1"]
+    args += ["--backend", "torch,tensorrt", "--batch-sizes", "1,2", "--warmup", "0", "--iters", "2", "--allow-noisy"]
+    assert main([*args, "--out", str(out), "--plot", str(png)]) == 0
+    records = json.loads(out.read_text())["records"]
+    skipped = [r for r in records if r["status"] == "skipped"]
+    assert [(r["backend"], r["reason"]) for r in skipped] == [("tensorrt", "TensorRT needs a CUDA device")]
+    assert [r["batch_size"] for r in records if r["status"] == "ok"] == [1, 2]
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.width > image.height
+    replot = tmp_path / "again.png"
+    assert main(["bench", "--replot", str(out), str(out), "--plot", str(replot)]) == 0 and replot.is_file()
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["bench", "--replot", str(tmp_path / "bad.json"), "--plot", str(replot)]) == 2
+    assert "not a dift-fast bench report" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(compile_supported(), reason="DiftConfig has compile: --compile passes through to the extractor")
+def test_compile_is_refused_clearly_where_this_version_lacks_it(capsys):
+    assert main(["bench", "--model", "tiny-random", "--device", "cpu", "--compile"]) == 2
+    assert "not available in this version" in capsys.readouterr().err
+
+
+def _write_architecture(folder):
+    configs = tiny_component_configs()
+    for name, file in (("unet", "config.json"), ("vae", "config.json"), ("text_encoder", "config.json")):
+        (folder / name).mkdir(parents=True)
+        (folder / name / file).write_text(json.dumps(configs[name]))
+    (folder / "scheduler").mkdir()
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(configs["scheduler"]))
+    return folder
+
+
+def test_architecture_folder_runs_with_random_weights(tmp_path):
+    folder = _write_architecture(tmp_path / "arch")
+    report = run_benchmark(BenchSettings(architecture=str(folder), batch_sizes=(1,), warmup=0, iters=2, **TINY))
+    assert "architecture, random weights" in report["model"]
+    assert report["records"][0]["status"] == "ok"
+
+
+def test_random_weights_are_deterministic_with_the_default_init_scale(tmp_path):
+    folder = _write_architecture(tmp_path / "arch")
+    a, _ = load_bench_components(None, str(folder), 1)
+    b, _ = load_bench_components(None, str(folder), 1)
+    for (name, pa), pb in zip(a.unet.named_parameters(), b.unet.parameters()):
+        assert torch.equal(pa, pb), name
+    conv = a.unet.conv_in
+    bound = 1 / math.sqrt(conv.weight[0].numel())
+    assert conv.weight.abs().max() <= bound and conv.weight.std() > bound / 3  # U(-b, b) has std b / sqrt(3)
+    norm = a.unet.down_blocks[0].resnets[0].norm1
+    assert torch.all(norm.weight == 1) and torch.all(norm.bias == 0)
+    assert torch.equal(a.text_encoder.get_input_embeddings().weight, b.text_encoder.get_input_embeddings().weight)
+    (ids,) = (buf for name, buf in a.text_encoder.named_buffers() if name.endswith("position_ids"))
+    assert torch.equal(ids[0], torch.arange(ids.shape[-1]))
+    with pytest.raises(NotImplementedError, match="buffer 'running_mean'"):
+        fill_random_(torch.nn.BatchNorm1d(3))
+
+
+def test_architecture_errors_name_the_problem(tmp_path):
+    with pytest.raises(ValueError, match="not a built-in architecture"):
+        resolve_architecture(str(tmp_path / "missing"))
+    (tmp_path / "half" / "unet").mkdir(parents=True)
+    (tmp_path / "half" / "unet" / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"missing vae/config\.json"):
+        resolve_architecture(str(tmp_path / "half"))
+    assert resolve_architecture("sd21")[0] == "sd21"
+
+
+@pytest.mark.parametrize(
+    ("name", "label"),
+    [
+        ("NVIDIA H100 80GB HBM3", "H100 SXM"),
+        ("NVIDIA H100 PCIe", "H100 PCIe"),
+        ("NVIDIA H100 NVL", "H100 NVL"),
+        ("NVIDIA H200", "H200 SXM"),
+        ("NVIDIA H200 NVL", "H200 NVL"),
+        ("NVIDIA A100-SXM4-80GB", "A100"),
+        ("NVIDIA L40S", "L40S"),
+        ("NVIDIA L40", "L40"),
+        ("NVIDIA L4", "L4"),
+        ("NVIDIA A10", "A10"),
+        ("NVIDIA RTX A6000", "RTX A6000"),
+        ("NVIDIA GeForce RTX 4090", "GeForce RTX 4090"),
+        ("Some Future GPU", None),
+    ],
+)
+def test_peak_table_matches_device_names(name, label):
+    peak = peak_flops(name, "bf16")
+    assert (peak["label"] if peak else None) == label
+    if peak:
+        assert peak_flops(name, "fp32")["flops_per_s"] < peak["flops_per_s"]  # tensor cores beat FP32 everywhere
+
+
+def test_gpu_process_check_says_when_it_cannot_look(monkeypatch):
+    import dift_fast.bench.environment as env
+
+    monkeypatch.setattr(env.shutil, "which", lambda name: None)
+    assert gpu_processes() == (
+        [],
+        "nvidia-smi is not available here, so other processes on the GPU could not be checked",
+    )
+    lines = [f"{os.getpid()}, python, 100", "4242, other-trainer, 2048", "garbage"]
+    monkeypatch.setattr(env, "_nvidia_smi", lambda *query: lines)
+    assert gpu_processes() == ([{"pid": 4242, "name": "other-trainer", "used_memory_mib": 2048}], None)
+
+
+@pytest.mark.slow
+def test_sd21_architecture_runs_on_the_cpu():
+    """The built-in SD 2.1 architecture (5 GB of random fp32 weights, about a minute here) with the baseline."""
+    report = run_benchmark(
+        BenchSettings(
+            architecture="sd21",
+            device="cpu",
+            image_size=(64, 64),
+            ensemble_size=1,
+            batch_sizes=(1,),
+            warmup=0,
+            iters=2,
+            baseline=True,
+        )
+    )
+    assert [r["status"] for r in report["records"]] == ["ok", "ok"]
+    assert abs(report["costs"]["truncated_unet_parameters"] / 774e6 - 1) < 0.005  # the spec's 774 M
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_events_time_the_stages_of_a_gpu_run(tiny_model_dir):
+    report = run_benchmark(
+        BenchSettings(
+            model=str(tiny_model_dir),
+            device="cuda",
+            image_size=(64, 48),
+            ensemble_size=2,
+            batch_sizes=(1, 4),
+            warmup=1,
+            iters=3,
+            baseline=True,
+        )
+    )
+    assert all(r["status"] == "ok" for r in report["records"])
+    for r in report["records"]:
+        assert r["memory"]["kind"] == "cuda max_memory_allocated"
+        assert r["peak_flops"] is not None and r["peak_share"] > 0
+        for i, call in enumerate(r["call_s"]["values"]):
+            # CUDA events resolve about 0.5 us; the stages are disjoint intervals inside the call's two events.
+            assert sum(s["values"][i] for s in r["stages_s"].values()) <= call + 1e-5
