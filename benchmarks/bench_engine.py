@@ -8,7 +8,7 @@ fails is recorded with its error and the other still runs. Writes ``results/<nam
 report) and ``results/<name>.md``.
 
     python benchmarks/bench_engine.py                                   # CPU, 256², E = 4, 2 images per call
-    python benchmarks/bench_engine.py --backend onnxruntime             # the engine on onnxruntime's CPU provider
+    python benchmarks/bench_engine.py --backend torch,onnxruntime       # + the engine on onnxruntime's CPU provider
     python benchmarks/bench_engine.py --device cuda --size 768 --ensemble-size 8 --images 16   # bf16 on CUDA
 """
 
@@ -64,12 +64,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256, help="square image side (default 256)")
     parser.add_argument("--ensemble-size", type=int, default=4, help="E (default 4)")
-    parser.add_argument("--images", type=int, default=2, help="images per engine call (default 2)")
+    parser.add_argument("--images", default="2", help="images per engine call, comma-separated (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per side (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per side first (default 1)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--dtype", default=None, help="engine dtype (default fp32 on CPU, bf16 on CUDA)")
-    parser.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt"))
+    parser.add_argument("--backend", default="torch", help="torch, onnxruntime, tensorrt, comma-separated")
     parser.add_argument("--engine", default=None, metavar="DIR", help="onnxruntime/tensorrt: export folder")
     parser.add_argument(
         "--architecture", default="sd21", help="sd21 (the packaged configs, default) or a folder of SD 2.x configs"
@@ -85,6 +85,10 @@ def main() -> int:
     from common import write_results
 
     from dift_fast.bench import BenchSettings, format_table, instability, run_benchmark
+    from dift_fast.bench.runner import parse_batch_sizes, parse_list
+    from dift_fast.config import BACKENDS
+
+    backends = parse_list(args.backend, BACKENDS, "--backend")
 
     settings = BenchSettings(
         architecture=args.architecture,
@@ -92,9 +96,9 @@ def main() -> int:
         image_size=(args.size, args.size),
         ensemble_size=args.ensemble_size,
         prompt=args.prompt,
-        backends=(args.backend,),
+        backends=backends,
         dtypes=(args.dtype,),
-        batch_sizes=(args.images,),
+        batch_sizes=parse_batch_sizes(args.images),
         warmup=args.warmup,
         iters=args.repeats,
         baseline=True,
@@ -107,7 +111,7 @@ def main() -> int:
     if problems and not args.allow_noisy:
         print("not writing results: the timings were not stable\n  " + "\n  ".join(problems), file=sys.stderr)
         return 3
-    suffix = "" if args.backend == "torch" else f"-{args.backend}"
+    suffix = "" if backends == ("torch",) else "-" + "-".join(backends)
     name = args.name or f"engine-{args.device.replace(':', '')}-{args.size}-E{args.ensemble_size}{suffix}"
     table = render_markdown(report)
     path = write_results(name, report, table)

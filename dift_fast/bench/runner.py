@@ -67,7 +67,7 @@ class BenchSettings:
     no_build: bool = False
     max_cv: float = MAX_CV
     seed: int = 0  # of the random input images
-    threads: int | None = None  # torch CPU threads (torch.set_num_threads); None: leave as is
+    threads: int | None = None  # CPU threads of torch and onnxruntime; None: each library's default
     extra_config: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -312,6 +312,8 @@ def _run_engine(
     options: dict[str, Any] = {}
     if backend != "torch":
         options = {k: v for k, v in (("engine_dir", settings.engine_dir), ("no_build", settings.no_build)) if v}
+    if backend == "onnxruntime" and settings.threads is not None:
+        options["intra_op_threads"] = settings.threads  # the same CPU threads as torch gets
     if reason is None:
         try:
             log(f"building the extractor ({backend}, {dtype})")

@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help=f"comma-separated, each one of {', '.join(DTYPES)} (default fp32 on CPU, bf16 on CUDA)",
     )
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads of torch and onnxruntime (default: theirs)")
     g.add_argument("--compile", action="store_true", help="torch.compile the networks (where this version has it)")
     g.add_argument(
         "--engine", default=None, metavar="DIR", help="onnxruntime/tensorrt: export folder (dift-fast export)"
