@@ -129,6 +129,28 @@ def test_stage_recorder_sees_every_stage_and_changes_nothing(tiny_extractor_fact
     assert log.events == ["preprocess", "end", *per_batch, *per_batch]  # two micro-batches (2 + 1 images)
 
 
+def test_each_side_is_measured_even_if_the_other_fails(tiny_model_dir, monkeypatch):
+    from dift_fast.bench import baseline
+
+    def broken(self, image, prompt=None):
+        raise RuntimeError("reference broke")
+
+    monkeypatch.setattr(baseline.ReferenceStyle, "__call__", broken)
+    settings = BenchSettings(model=str(tiny_model_dir), batch_sizes=(1,), warmup=0, iters=2, baseline=True, **TINY)
+    records = run_benchmark(settings)["records"]
+    assert [(r["kind"], r["status"]) for r in records] == [("baseline", "failed"), ("engine", "ok")]
+    assert records[0]["reason"] == "RuntimeError: reference broke" and records[1]["baseline_ratio"] is None
+    monkeypatch.undo()
+
+    def non_finite(self, images, prompt=None, **kwargs):
+        raise FloatingPointError("non-finite features")
+
+    monkeypatch.setattr("dift_fast.extractor.DiftExtractor.extract", non_finite)
+    records = run_benchmark(settings)["records"]
+    assert [(r["kind"], r["status"]) for r in records] == [("baseline", "ok"), ("engine", "failed")]
+    assert "non-finite" in records[1]["reason"]
+
+
 def test_perf_counter_timer_accumulates_recurring_stages():
     timer = PerfCounterTimer()
     timer.start_call()
