@@ -151,6 +151,30 @@ def test_each_side_is_measured_even_if_the_other_fails(tiny_model_dir, monkeypat
     assert "non-finite" in records[1]["reason"]
 
 
+def test_configurations_are_timed_in_interleaved_rotating_rounds():
+    from dift_fast.bench.runner import _Clock, _Site, _time_sites
+
+    order = []
+
+    def call_of(name, fail_on_call=None):
+        def call():
+            order.append(name)
+            if order.count(name) == fail_on_call:
+                raise RuntimeError("out of memory")
+
+        return call
+
+    sites = [
+        _Site({"kind": "engine", "backend": "torch", "dtype": "fp32", "batch_size": b}, call_of(n, f), 1, None)
+        for b, n, f in ((1, "a", None), (2, "b", None), (4, "c", 3))
+    ]
+    settings = BenchSettings(model="m", warmup=1, iters=3)
+    _time_sites(sites, _Clock(torch.device("cpu")), settings, log=lambda message: None)
+    # warm-up a b c, then rounds a b c | b c a | c a b; c fails on its third call and is not called again
+    assert order == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "a", "b"]
+    assert [len(s.calls) for s in sites] == [3, 3, 1] and sites[2].error == "RuntimeError: out of memory"
+
+
 def test_perf_counter_timer_accumulates_recurring_stages():
     timer = PerfCounterTimer()
     timer.start_call()

@@ -29,7 +29,8 @@ JSON schema (one object; times in seconds, memory in bytes, FLOPs with a multipl
       stages_s        per stage (preprocess, encoder, noise, prompt, unet, reduce, copy_to_host): summary of the
                       time per call spent in it (on a GPU: between CUDA events on the stream)
       other_s         summary of call time minus the sum of the stages, per call
-      memory          peak_bytes (during the timed calls), before_bytes (before them), kind (what was measured)
+      memory          of the timed call whose memory rose most: peak_bytes (during it), before_bytes (just
+                      before it), kind (what was measured)
       flops_per_image, achieved_flops_per_s (flops_per_image x images_per_s)
       peak_flops      {flops_per_s, label, source[, note]} of the device and dtype (GPU only), else null
       peak_share      achieved_flops_per_s / peak_flops.flops_per_s, or null

@@ -1,13 +1,15 @@
 """Running a benchmark: every configuration (backend × dtype × batch size), optionally the reference style, one report.
 
-Per configuration: ``warmup`` untimed calls, then ``iters`` timed calls of ``batch_size`` images each. A call is
-``extractor.extract(images)`` followed by the copy of the features to host memory; its stages are reported by the
-extractor to the timer (see :mod:`dift_fast.bench.timers`). Inputs are random uint8 RGB arrays at the configured
-image size (decoding files is not part of a call).
+Every configuration gets ``warmup`` untimed calls, then ``iters`` rounds time one call of each configuration per
+round (interleaved, so a change in the machine's load affects all of them alike). A call is
+``extractor.extract(images)`` followed by the copy of the features to host memory; the extractor reports its stages
+to the timer (see :mod:`dift_fast.bench.timers`). Inputs are random uint8 RGB arrays at the configured image size
+(decoding files is not part of a call). Peak memory is measured per call; a record keeps its largest rise.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import logging
@@ -134,14 +136,32 @@ def _backend_unavailable(backend: str, device: torch.device) -> str | None:
     return None
 
 
-class _Measurer:
-    """Times calls of one kind on one device and turns them into a record."""
+@dataclass
+class _Site:
+    """One configuration to time: its record fields, its call, and what its timed calls measured."""
 
-    def __init__(self, device: torch.device, settings: BenchSettings, log: Callable[[str], None]) -> None:
+    base: dict[str, Any]  # kind, backend, dtype, compile, batch_size
+    call: Callable[[], Any]
+    flops_per_image: int
+    peak: dict[str, Any] | None
+    calls: list[float] = field(default_factory=list)
+    stages: list[dict[str, float]] = field(default_factory=list)
+    memory: dict[str, Any] | None = None  # the reading of the call whose memory rose most
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        b = self.base
+        return f"{b['kind']} {b['backend']} {b['dtype']} batch {b['batch_size']}"
+
+
+class _Clock:
+    """The device's timer and peak-memory meter, and the copy of features to host memory."""
+
+    def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.settings = settings
-        self.log = log
         self.timer = make_timer(device)
+        self.memory = PeakMemory(device)
         self._host: dict[tuple[Any, ...], torch.Tensor] = {}
 
     def to_host(self, feats: torch.Tensor) -> torch.Tensor:
@@ -154,58 +174,83 @@ class _Measurer:
             self._host[key] = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
         return self._host[key].copy_(feats, non_blocking=True)
 
-    def measure(self, call: Callable[[], Any], images_per_call: int) -> dict[str, Any]:
-        for _ in range(self.settings.warmup):
+    def run(self, site: _Site, timed: bool, log: Callable[[str], None]) -> None:
+        """One call of ``site``; when ``timed``, its time, stages and memory are kept. A failure ends the site."""
+        try:
+            if timed:
+                self.memory.reset()
             self.timer.start_call()
-            call()
-            self.timer.stop_call()
-            self.timer.result()
-        memory = PeakMemory(self.device)
-        memory.reset()
-        calls, stages = [], []
-        for _ in range(self.settings.iters):
-            self.timer.start_call()
-            call()
+            site.call()
             self.timer.stop_call()
             call_s, stage_s = self.timer.result()
-            calls.append(call_s)
-            stages.append(stage_s)
-        names = [s for s in STAGES if any(s in st for st in stages)]
-        names += sorted({s for st in stages for s in st} - set(names))
-        call_summary = summarize(calls)
-        cv = call_summary.cv
-        return {
-            "status": "ok",
-            "reason": None,
-            "batch_size": images_per_call,
-            "call_s": call_summary.to_dict(),
-            "image_s": call_summary.scaled(1.0 / images_per_call).to_dict(),
-            "images_per_s": images_per_call / call_summary.p50,
-            "stages_s": {n: summarize([st.get(n, 0.0) for st in stages]).to_dict() for n in names},
-            "other_s": summarize([c - sum(st.values()) for c, st in zip(calls, stages)]).to_dict(),
-            "memory": memory.read(),
-            "cv": cv,
-            "stable": cv is not None and cv <= self.settings.max_cv,
-        }
+        except (
+            Exception
+        ) as err:  # one configuration that breaks (out of memory, non-finite...) must not cost the others
+            site.error = f"{type(err).__name__}: {err}"
+            log(f"failed: {site.name}: {site.error}")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return
+        if timed:
+            reading = self.memory.read()
+            site.calls.append(call_s)
+            site.stages.append(stage_s)
+            rise = reading["peak_bytes"] - reading["before_bytes"]
+            if site.memory is None or rise > site.memory["peak_bytes"] - site.memory["before_bytes"]:
+                site.memory = reading
+
+
+def _time_sites(sites: list[_Site], clock: _Clock, settings: BenchSettings, log: Callable[[str], None]) -> None:
+    """Warm every site up, then time them in rounds: one call of each per round, in an order rotated every round.
+
+    Interleaving gives every configuration the same share of whatever else the machine is doing over the run, so
+    their ratios stay fair when the load changes midway (on a shared CPU it does).
+    """
+    for site in sites:
+        log(f"{site.name}: {settings.warmup} warm-up call(s)")
+        for _ in range(settings.warmup):
+            if site.error is None:
+                clock.run(site, False, log)
+    for i in range(settings.iters):
+        log(f"timed round {i + 1} of {settings.iters}")
+        k = i % len(sites)
+        for site in sites[k:] + sites[:k]:
+            if site.error is None:
+                clock.run(site, True, log)
+
+
+def _record(site: _Site, settings: BenchSettings) -> dict[str, Any]:
+    """The report record of a timed site (see :mod:`dift_fast.bench.report`)."""
+    if site.error is not None or not site.calls:
+        return _failed(site.base, "failed", site.error or "no timed call")
+    batch = site.base["batch_size"]
+    names = [s for s in STAGES if any(s in st for st in site.stages)]
+    names += sorted({s for st in site.stages for s in st} - set(names))
+    calls = summarize(site.calls)
+    images_per_s = batch / calls.p50
+    achieved = site.flops_per_image * images_per_s
+    return {
+        **site.base,
+        "status": "ok",
+        "reason": None,
+        "call_s": calls.to_dict(),
+        "image_s": calls.scaled(1.0 / batch).to_dict(),
+        "images_per_s": images_per_s,
+        "stages_s": {n: summarize([st.get(n, 0.0) for st in site.stages]).to_dict() for n in names},
+        "other_s": summarize([c - sum(st.values()) for c, st in zip(site.calls, site.stages)]).to_dict(),
+        "memory": site.memory,
+        "flops_per_image": site.flops_per_image,
+        "achieved_flops_per_s": achieved,
+        "peak_flops": site.peak,
+        "peak_share": achieved / site.peak["flops_per_s"] if site.peak else None,
+        "cv": calls.cv,
+        "stable": calls.cv is not None and calls.cv <= settings.max_cv,
+    }
 
 
 def _failed(base: dict[str, Any], status: str, reason: str) -> dict[str, Any]:
     """A configuration that was not measured: ``skipped`` (cannot run here) or ``failed`` (broke while running)."""
     return {**base, "status": status, "reason": reason, "stable": None}
-
-
-def _measure_or_fail(
-    measurer: _Measurer, base: dict[str, Any], call: Callable[[], Any], batch: int, log: Callable[[str], None]
-) -> dict[str, Any]:
-    """Measure ``call``; a failure (out of memory, non-finite features...) becomes a ``failed`` record."""
-    try:
-        return {**base, **measurer.measure(call, batch)}
-    except Exception as err:  # one configuration that breaks must not cost the others
-        reason = f"{type(err).__name__}: {err}"
-        log(f"failed: {base['kind']} {base['backend']} {base['dtype']} batch {batch}: {reason}")
-        if measurer.device.type == "cuda":
-            torch.cuda.empty_cache()
-        return _failed({**base, "batch_size": batch}, "failed", reason)
 
 
 def run_benchmark(settings: BenchSettings, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -231,40 +276,39 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] | None = N
     engine_flops = costs.per_image(E)
     reference_flops = costs.reference_per_image(E) + (costs.text_encoder_flops or 0)
     inputs = _inputs(config, max(settings.batch_sizes), settings.seed)
-    measurer = _Measurer(device, settings, log)
+    clock = _Clock(device)
     peaks = _PeakTable(device, env)
-    records: list[dict[str, Any]] = []
+    sites: list[_Site] = []
+    skipped: list[dict[str, Any]] = []
 
-    if settings.baseline:  # first: the engine may cast the shared networks to a lower precision in place
-        log(f"baseline ({BASELINE_DESCRIPTION})")
-        base = {"kind": "baseline", "backend": "torch", "dtype": "fp32", "compile": False}
+    if settings.baseline:
+        base = {"kind": "baseline", "backend": "torch", "dtype": "fp32", "compile": False, "batch_size": 1}
         reference = ReferenceStyle(components, config, device)
-        reference.stage_recorder = measurer.timer
-        counter = iter(range(1 << 62))
+        reference.stage_recorder = clock.timer
+        sites.append(_Site(base, _reference_call(reference, inputs, clock), reference_flops, peaks.get("fp32")))
 
-        def reference_call() -> torch.Tensor:
-            return measurer.to_host(reference(inputs[next(counter) % len(inputs)]))
-
-        record = _measure_or_fail(measurer, base, reference_call, 1, log)
-        if record["status"] == "ok":
-            record.update(_flop_fields(record, reference_flops, peaks.get("fp32")))
-        records.append(record)
-        del reference, reference_call
-
+    copies: dict[str, Any] = {}
     for backend in settings.backends:
         for dtype_name in settings.dtypes:
             dtype = _dtype_name(resolve_dtype(dtype_name, device))
-            records += _run_engine(
-                components,
-                config.replace(backend=backend, dtype=dtype),
-                settings,
-                measurer,
-                inputs,
-                engine_flops,
-                peaks.get(dtype) if device.type == "cuda" else None,
-                log,
+            run_config = config.replace(backend=backend, dtype=dtype)
+            if settings.compile:
+                run_config = run_config.replace(compile=True)
+            base = {"kind": "engine", "backend": backend, "dtype": dtype, "compile": settings.compile}
+            extractor, reason = _build_extractor(
+                _components_for(components, backend, dtype, copies), run_config, settings, device, log
             )
+            if extractor is None:
+                log(f"skipping {backend} {dtype}: {reason}")
+                skipped.append(_failed({**base, "batch_size": None}, "skipped", reason))
+                continue
+            extractor.stage_recorder = clock.timer
+            for batch in settings.batch_sizes:
+                call = _engine_call(extractor, run_config.replace(batch_size=batch), inputs[:batch], clock)
+                sites.append(_Site({**base, "batch_size": batch}, call, engine_flops, peaks.get(dtype)))
 
+    _time_sites(sites, clock, settings, log)
+    records = [_record(site, settings) for site in sites] + skipped
     baseline = next((r for r in records if r["kind"] == "baseline" and r["status"] == "ok"), None)
     for record in records:
         ok = record["status"] == "ok" and record["kind"] == "engine"
@@ -295,47 +339,53 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] | None = N
     }
 
 
-def _run_engine(
-    components: Any,
-    config: DiftConfig,
-    settings: BenchSettings,
-    measurer: _Measurer,
-    inputs: list[np.ndarray],
-    flops_per_image: int,
-    peak: dict[str, Any] | None,
-    log: Callable[[str], None],
-) -> list[dict[str, Any]]:
-    """The records of one engine configuration (backend, dtype) at every batch size, or one ``skipped`` record."""
-    backend, dtype = config.backend, config.dtype
-    base = {"kind": "engine", "backend": backend, "dtype": dtype, "compile": settings.compile}
-    reason = _backend_unavailable(backend, measurer.device)
-    options: dict[str, Any] = {}
-    if backend != "torch":
-        options = {k: v for k, v in (("engine_dir", settings.engine_dir), ("no_build", settings.no_build)) if v}
-    if backend == "onnxruntime" and settings.threads is not None:
-        options["intra_op_threads"] = settings.threads  # the same CPU threads as torch gets
-    if reason is None:
-        try:
-            log(f"building the extractor ({backend}, {dtype})")
-            extractor = DiftExtractor(
-                components, config.replace(compile=True) if settings.compile else config, **options
-            )
-        except Exception as err:  # a configuration that cannot be built here is skipped, with the reason
-            reason = f"{type(err).__name__}: {err}"
+def _reference_call(reference: ReferenceStyle, inputs: list[np.ndarray], clock: _Clock) -> Callable[[], Any]:
+    """One reference-style call: the next input image (they take turns), to host memory."""
+    counter = iter(range(1 << 62))
+    return lambda: clock.to_host(reference(inputs[next(counter) % len(inputs)]))
+
+
+def _engine_call(
+    extractor: DiftExtractor, config: DiftConfig, images: list[np.ndarray], clock: _Clock
+) -> Callable[[], Any]:
+    """One engine call at ``config``'s batch size (several sites share one extractor), to host memory."""
+
+    def call() -> torch.Tensor:
+        extractor.config = config
+        return clock.to_host(extractor.extract(images))
+
+    return call
+
+
+def _components_for(components: Any, backend: str, dtype: str, copies: dict[str, Any]) -> Any:
+    """The networks a configuration may use: the torch backend casts them in place, so each other dtype gets a copy
+    (the fp32 originals stay for the baseline and the fp32 configurations)."""
+    if backend != "torch" or dtype == "fp32":
+        return components
+    if dtype not in copies:
+        copies[dtype] = dataclasses.replace(
+            components, unet=copy.deepcopy(components.unet), vae=copy.deepcopy(components.vae)
+        )
+    return copies[dtype]
+
+
+def _build_extractor(
+    components: Any, config: DiftConfig, settings: BenchSettings, device: torch.device, log: Callable[[str], None]
+) -> tuple[DiftExtractor | None, str]:
+    """The extractor of one configuration, or None and why it cannot run here."""
+    reason = _backend_unavailable(config.backend, device)
     if reason is not None:
-        log(f"skipping {backend} {dtype}: {reason}")
-        return [_failed({**base, "batch_size": None}, "skipped", reason)]
-    extractor.stage_recorder = measurer.timer
-    records = []
-    for batch in settings.batch_sizes:
-        log(f"{backend} {dtype} batch {batch}: {settings.warmup} warm-up + {settings.iters} timed calls")
-        extractor.config = extractor.config.replace(batch_size=batch)
-        images = inputs[:batch]
-        record = _measure_or_fail(measurer, base, lambda: measurer.to_host(extractor.extract(images)), batch, log)  # noqa: B023
-        if record["status"] == "ok":
-            record.update(_flop_fields(record, flops_per_image, peak))
-        records.append(record)
-    return records
+        return None, reason
+    options: dict[str, Any] = {}
+    if config.backend != "torch":
+        options = {k: v for k, v in (("engine_dir", settings.engine_dir), ("no_build", settings.no_build)) if v}
+    if config.backend == "onnxruntime" and settings.threads is not None:
+        options["intra_op_threads"] = settings.threads  # the same CPU threads as torch gets
+    log(f"building the extractor ({config.backend}, {config.dtype})")
+    try:
+        return DiftExtractor(components, config, **options), ""
+    except Exception as err:  # a configuration that cannot be built here is skipped, with the reason
+        return None, f"{type(err).__name__}: {err}"
 
 
 def _up_ft_index(settings: BenchSettings) -> int:
@@ -391,16 +441,6 @@ class _PeakTable:
                 peak = {**peak, "note": "convolutions may use TF32 tensor cores (torch.backends.cudnn.allow_tf32)"}
             self._cache[dtype] = peak
         return self._cache[dtype]
-
-
-def _flop_fields(record: dict[str, Any], flops_per_image: int, peak: dict[str, Any] | None) -> dict[str, Any]:
-    achieved = flops_per_image * record["images_per_s"]
-    return {
-        "flops_per_image": flops_per_image,
-        "achieved_flops_per_s": achieved,
-        "peak_flops": peak,
-        "peak_share": achieved / peak["flops_per_s"] if peak else None,
-    }
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
