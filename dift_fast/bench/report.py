@@ -86,7 +86,8 @@ def instability(report: dict[str, Any]) -> list[str]:
         if r["cv"] is None:
             lines.append(f"{what}: one timed call cannot show that the timing is stable (use --iters 3 or more)")
         else:
-            lines.append(f"{what}: call times vary with CV {r['cv']:.3f} > {report['max_cv']:.3f}")
+            times = ", ".join(f"{v:.3g}" for v in r["call_s"]["values"])
+            lines.append(f"{what}: call times vary with CV {r['cv']:.3f} > {report['max_cv']:.3f} (s: {times})")
     return lines
 
 
