@@ -69,7 +69,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per side first (default 1)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--dtype", default=None, help="engine dtype (default fp32 on CPU, bf16 on CUDA)")
-    parser.add_argument("--backend", default="torch", help="torch, onnxruntime, tensorrt, comma-separated")
+    parser.add_argument(
+        "--backend", default="torch", help="comma-separated torch, onnxruntime, tensorrt, or backend:dtype (torch:bf16)"
+    )
     parser.add_argument("--engine", default=None, metavar="DIR", help="onnxruntime/tensorrt: export folder")
     parser.add_argument(
         "--architecture", default="sd21", help="sd21 (the packaged configs, default) or a folder of SD 2.x configs"
@@ -85,10 +87,9 @@ def main() -> int:
     from common import write_results
 
     from dift_fast.bench import BenchSettings, format_table, instability, run_benchmark
-    from dift_fast.bench.runner import parse_batch_sizes, parse_list
-    from dift_fast.config import BACKENDS
+    from dift_fast.bench.runner import parse_backends, parse_batch_sizes
 
-    backends = parse_list(args.backend, BACKENDS, "--backend")
+    backends = parse_backends(args.backend)
 
     settings = BenchSettings(
         architecture=args.architecture,
@@ -111,7 +112,7 @@ def main() -> int:
     if problems and not args.allow_noisy:
         print("not writing results: the timings were not stable\n  " + "\n  ".join(problems), file=sys.stderr)
         return 3
-    suffix = "" if backends == ("torch",) else "-" + "-".join(backends)
+    suffix = "" if backends == ("torch",) else "-" + "-".join(b.replace(":", "") for b in backends)
     name = args.name or f"engine-{args.device.replace(':', '')}-{args.size}-E{args.ensemble_size}{suffix}"
     table = render_markdown(report)
     path = write_results(name, report, table)

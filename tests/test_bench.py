@@ -175,6 +175,14 @@ def test_configurations_are_timed_in_interleaved_rotating_rounds():
     assert [len(s.calls) for s in sites] == [3, 3, 1] and sites[2].error == "RuntimeError: out of memory"
 
 
+def test_configurations_combine_backends_and_dtypes():
+    settings = BenchSettings(model="m", backends=("torch", "onnxruntime:fp32"), dtypes=("fp32", "bf16"))
+    assert settings.configurations() == [("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32")]
+    for bad in ("torch:int8", "jax"):
+        with pytest.raises(ValueError, match="torch:bf16"):
+            BenchSettings(model="m", backends=(bad,))
+
+
 def test_perf_counter_timer_accumulates_recurring_stages():
     timer = PerfCounterTimer()
     timer.start_call()

@@ -52,7 +52,7 @@ class BenchSettings:
     architecture: str | None = None  # "sd21" or a folder of component configs (random weights)
     revision: str | None = None
     preset: str = "spair"
-    backends: tuple[str, ...] = ("torch",)
+    backends: tuple[str, ...] = ("torch",)  # each "backend" (with every dtype) or "backend:dtype" (with that one)
     dtypes: tuple[str | None, ...] = (None,)  # None: the device default (fp32 on CPU, bf16 on CUDA)
     compile: bool = False
     batch_sizes: tuple[int, ...] = (1, 4, 16)
@@ -77,8 +77,12 @@ class BenchSettings:
             raise ValueError("give exactly one of model (--model) and architecture (--architecture)")
         if self.preset not in PRESETS:
             raise ValueError(f"preset {self.preset!r} is unknown; choose one of {', '.join(PRESETS)}")
-        if not self.backends or any(b not in BACKENDS for b in self.backends):
-            raise ValueError(f"backends {list(self.backends)}: each must be one of {', '.join(BACKENDS)}")
+        pairs = [b.partition(":") for b in self.backends]
+        if not pairs or any(b not in BACKENDS or (d and d not in DTYPES) for b, _, d in pairs):
+            raise ValueError(
+                f"backends {list(self.backends)}: each must be one of {', '.join(BACKENDS)}, optionally with "
+                f":dtype ({', '.join(DTYPES)}), e.g. torch:bf16"
+            )
         if not self.dtypes or any(d is not None and d not in DTYPES for d in self.dtypes):
             raise ValueError(f"dtypes {list(self.dtypes)}: each must be one of {', '.join(DTYPES)}")
         if not self.batch_sizes or any(
@@ -97,6 +101,16 @@ class BenchSettings:
             raise ValueError(
                 "--compile is not available in this version of dift-fast (DiftConfig has no compile option)"
             )
+
+    def configurations(self) -> list[tuple[str, str | None]]:
+        """(backend, dtype) pairs to run, in order: ``backend:dtype`` items as given, others with every dtype."""
+        out: list[tuple[str, str | None]] = []
+        for item in self.backends:
+            backend, _, dtype = item.partition(":")
+            for pair in [(backend, dtype)] if dtype else [(backend, d) for d in self.dtypes]:
+                if pair not in out:
+                    out.append(pair)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -288,24 +302,27 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] | None = N
         sites.append(_Site(base, _reference_call(reference, inputs, clock), reference_flops, peaks.get("fp32")))
 
     copies: dict[str, Any] = {}
-    for backend in settings.backends:
-        for dtype_name in settings.dtypes:
-            dtype = _dtype_name(resolve_dtype(dtype_name, device))
-            run_config = config.replace(backend=backend, dtype=dtype)
-            if settings.compile:
-                run_config = run_config.replace(compile=True)
-            base = {"kind": "engine", "backend": backend, "dtype": dtype, "compile": settings.compile}
-            extractor, reason = _build_extractor(
-                _components_for(components, backend, dtype, copies), run_config, settings, device, log
-            )
-            if extractor is None:
-                log(f"skipping {backend} {dtype}: {reason}")
-                skipped.append(_failed({**base, "batch_size": None}, "skipped", reason))
-                continue
-            extractor.stage_recorder = clock.timer
-            for batch in settings.batch_sizes:
-                call = _engine_call(extractor, run_config.replace(batch_size=batch), inputs[:batch], clock)
-                sites.append(_Site({**base, "batch_size": batch}, call, engine_flops, peaks.get(dtype)))
+    seen: set[tuple[str, str]] = set()
+    for backend, dtype_name in settings.configurations():
+        dtype = _dtype_name(resolve_dtype(dtype_name, device))
+        if (backend, dtype) in seen:  # e.g. "torch" and "torch:fp32" on the CPU
+            continue
+        seen.add((backend, dtype))
+        run_config = config.replace(backend=backend, dtype=dtype)
+        if settings.compile:
+            run_config = run_config.replace(compile=True)
+        base = {"kind": "engine", "backend": backend, "dtype": dtype, "compile": settings.compile}
+        extractor, reason = _build_extractor(
+            _components_for(components, backend, dtype, copies), run_config, settings, device, log
+        )
+        if extractor is None:
+            log(f"skipping {backend} {dtype}: {reason}")
+            skipped.append(_failed({**base, "batch_size": None}, "skipped", reason))
+            continue
+        extractor.stage_recorder = clock.timer
+        for batch in settings.batch_sizes:
+            call = _engine_call(extractor, run_config.replace(batch_size=batch), inputs[:batch], clock)
+            sites.append(_Site({**base, "batch_size": batch}, call, engine_flops, peaks.get(dtype)))
 
     _time_sites(sites, clock, settings, log)
     records = [_record(site, settings) for site in sites] + skipped
@@ -452,6 +469,14 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     if not sizes or any(b < 1 for b in sizes) or len(set(sizes)) != len(sizes):
         raise ValueError(f"--batch-sizes {text!r}: expected distinct integers >= 1, e.g. 1,4,16")
     return sizes
+
+
+def parse_backends(text: str) -> tuple[str, ...]:
+    """``"torch,onnxruntime:fp32"`` -> ``("torch", "onnxruntime:fp32")`` (checked by :class:`BenchSettings`)."""
+    items = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not items:
+        raise ValueError(f"--backend {text!r}: give one or more of {', '.join(BACKENDS)} (optionally backend:dtype)")
+    return items
 
 
 def parse_list(text: str, allowed: Sequence[str], option: str) -> tuple[str, ...]:

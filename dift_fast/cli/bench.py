@@ -57,7 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--prompt", default=None, help="text prompt (preset's by default: empty)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     g.add_argument(
-        "--backend", default="torch", help=f"comma-separated, each one of {', '.join(BACKENDS)} (default torch)"
+        "--backend",
+        default="torch",
+        help=f"comma-separated, each one of {', '.join(BACKENDS)} (with every --dtype) or backend:dtype "
+        "(with that dtype only), e.g. torch,torch:bf16,onnxruntime:fp32 (default torch)",
     )
     g.add_argument(
         "--dtype",
@@ -97,7 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..bench import MAX_CV, BenchSettings, format_table, instability, run_benchmark, write_json
-    from ..bench.runner import parse_batch_sizes, parse_list
+    from ..bench.runner import parse_backends, parse_batch_sizes, parse_list
 
     if args.replot:
         return _replot(args)
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         architecture=args.architecture,
         revision=args.revision,
         preset=args.preset,
-        backends=parse_list(args.backend, BACKENDS, "--backend"),
+        backends=parse_backends(args.backend),
         dtypes=parse_list(args.dtype, DTYPES, "--dtype") if args.dtype else (None,),
         compile=args.compile,
         batch_sizes=parse_batch_sizes(args.batch_sizes),
