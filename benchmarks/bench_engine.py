@@ -34,8 +34,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Engine vs reference-style DIFT, {report['model']}, {w}×{h}, E = {cfg['ensemble_size']}, block "
         f"{cfg['up_ft_index']}, {report['device']} ({m['gpu'] or m['cpu']}, {m['cores']} cores, load average "
-        f"{load} before the run), torch {m['torch']}, {report['settings']['warmup']} warm-up + "
-        f"{report['settings']['iters']} timed calls, p50.",
+        f"{load} before the run), torch {m['torch']}, {m['torch_threads']} thread(s), "
+        f"{report['settings']['warmup']} warm-up + {report['settings']['iters']} timed rounds (interleaved), p50; "
+        f"stable (every CV ≤ {report['max_cv']}): {'yes' if report['stable'] else 'no'}.",
         "",
         f"| path | images per call | {'s / image' if gpu else 'time / image (relative)'} | images/s "
         "| peak memory above the loaded model (MiB) | speed-up | CV |",
@@ -60,6 +61,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rerender(paths: list[str]) -> None:
+    """Rewrite the .md beside each results JSON from the JSON (after a change to the table)."""
+    import json
+
+    for name in paths:
+        path = Path(name)
+        path.with_suffix(".md").write_text(render_markdown(json.loads(path.read_text())))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256, help="square image side (default 256)")
@@ -82,7 +92,11 @@ def main() -> int:
     parser.add_argument(
         "--name", default=None, help="results file name (default engine-<device>-<size>-E<E>[-backend])"
     )
+    parser.add_argument("--rerender", nargs="+", metavar="JSON", help="only rewrite the .md of these results")
     args = parser.parse_args()
+    if args.rerender:
+        rerender(args.rerender)
+        return 0
 
     from common import write_results
 
