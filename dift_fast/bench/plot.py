@@ -44,7 +44,11 @@ def plot_reports(reports: Sequence[dict[str, Any]], path: str | os.PathLike) -> 
         raise ValueError("nothing to plot: no engine configuration was measured")
     first = reports[0]
     m, cfg = first["machine"], first["config"]
-    device = m["gpu"] if first["device"].startswith("cuda") else f"CPU: {m['cpu']}, {m['cores']} cores"
+    device = (
+        m["gpu"]
+        if first["device"].startswith("cuda")
+        else f"CPU: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} thread(s)"
+    )
     w, h = cfg["image_size"]
     fig = Figure(figsize=(11, 4.4), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
