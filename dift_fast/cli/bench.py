@@ -76,7 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     m = p.add_argument_group("measurement")
     m.add_argument("--batch-sizes", default="1,4,16", help="comma-separated images per call (default 1,4,16)")
     m.add_argument("--warmup", type=int, default=2, help="untimed calls per configuration first (default 2)")
-    m.add_argument("--iters", type=int, default=10, help="timed calls per configuration (default 10)")
+    m.add_argument(
+        "--iters", type=int, default=10, help="timed calls per configuration, in interleaved rounds (default 10)"
+    )
     m.add_argument("--baseline", action="store_true", help="also run the reference style and report the speed-up")
     m.add_argument(
         "--max-cv",
