@@ -57,6 +57,7 @@ class EditPropagationWarning(UserWarning):
 class EditResult:
     """What happened to one target."""
 
+    name: str  # the target, as messages name it
     image: Image.Image | None  # the target with the edit composited (RGB), None when it failed
     homography: np.ndarray | None  # [3, 3] source pixels -> target pixels (None when no fit)
     inliers: int  # RANSAC inliers, counted once per distinct target pixel
@@ -201,23 +202,23 @@ def transfer_edit(
             with torch.inference_mode():
                 tgt_feat = extractor.extract_prepared([tgt], prompt).features[0]
         except (ValueError, OSError, FloatingPointError) as err:
-            results.append(EditResult(None, None, 0, len(src_points), f"target {label}: {err}"))
+            results.append(EditResult(label, None, None, 0, len(src_points), str(err)))
             continue
         matched, _ = match_points(src_feat, tgt_feat, torch.from_numpy(src_points), src.original_size,
                                   tgt.original_size)
         H, inliers = _fit(cv2, src_points, matched.cpu().numpy(), ransac_threshold)
         if H is None or inliers < required:
             why = "RANSAC found no homography" if H is None else f"only {inliers} RANSAC inliers"
-            results.append(EditResult(None, H, inliers, len(src_points),
-                                      f"target {label}: {why} among {len(src_points)} point pairs (need {required}; "
-                                      "inliers on the same target pixel count once): no edit"))
+            results.append(EditResult(label, None, H, inliers, len(src_points),
+                                      f"{why} among {len(src_points)} point pairs (need {required}; inliers on the "
+                                      "same target pixel count once)"))
             continue
         why = _degenerate(H, src_points)
         if why is not None:
-            results.append(EditResult(None, H, inliers, len(src_points), f"target {label}: {why}: no edit"))
+            results.append(EditResult(label, None, H, inliers, len(src_points), why))
             continue
         out = composite_edit(np.asarray(rgb, dtype=np.uint8), edit, H)
-        results.append(EditResult(Image.fromarray(out, "RGB"), H, inliers, len(src_points)))
+        results.append(EditResult(label, Image.fromarray(out, "RGB"), H, inliers, len(src_points)))
     return results
 
 
@@ -247,7 +248,7 @@ def propagate_edit(
     results = transfer_edit(extractor, source, edit_rgba, targets, **options)
     for r in results:
         if r.image is None:
-            warnings.warn(r.reason or "edit propagation failed", EditPropagationWarning, stacklevel=2)
+            warnings.warn(f"no edit for target {r.name}: {r.reason}", EditPropagationWarning, stacklevel=2)
     return [r.image for r in results]
 
 

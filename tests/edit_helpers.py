@@ -14,7 +14,7 @@ import torch
 
 from dift_fast import DiftConfig
 from dift_fast.extractor import FeatureBatch
-from dift_fast.noise import image_key
+from dift_fast.images import prepare_image
 
 __all__ = ["HomographyCodedExtractor", "apply_homography"]
 
@@ -27,8 +27,9 @@ def apply_homography(H: np.ndarray, points: np.ndarray) -> np.ndarray:  # [N, 2]
 class HomographyCodedExtractor:
     """Features that encode the source position each cell shows (see the module docstring)."""
 
-    def __init__(self, channels: int = 256, stride: int = 4, length: float = 16.0, seed: int = 0) -> None:
-        self.config = DiftConfig(model="homography-coded", image_size=None, ensemble_size=1, device="cpu")
+    def __init__(self, channels: int = 256, stride: int = 8, length: float = 24.0, seed: int = 0,
+                 image_size: tuple[int, int] | None = None) -> None:
+        self.config = DiftConfig(model="homography-coded", image_size=image_size, ensemble_size=1, device="cpu")
         self.device = torch.device("cpu")
         self.is_tiny = False
         self.stride = stride
@@ -38,15 +39,20 @@ class HomographyCodedExtractor:
         self.warps: dict[int, np.ndarray] = {}
         self.calls = 0
 
-    def register(self, image: np.ndarray, homography: np.ndarray) -> None:
-        """Features of ``image`` (uint8 [H, W, 3], the size it is extracted at) show the source through ``H``."""
-        self.warps[image_key(np.ascontiguousarray(image))] = np.asarray(homography, dtype=np.float64)
+    def register(self, image, homography: np.ndarray) -> None:
+        """Features of ``image`` (path, PIL image or uint8 array) show the source through ``homography``."""
+        key = prepare_image(image, self.config.image_size).key  # the key extract_prepared will see
+        self.warps[key] = np.asarray(homography, dtype=np.float64)
 
-    def features(self, width: int, height: int, homography: np.ndarray | None) -> torch.Tensor:  # [C, h, w]
+    def features(self, width: int, height: int, homography: np.ndarray | None,
+                 original_size: tuple[int, int] | None = None) -> torch.Tensor:  # [C, h, w]
+        """Features of a ``width`` x ``height`` (prepared) image; ``homography`` acts on original-size pixels."""
         s = self.stride
         h, w = height // s, width // s
+        sx, sy = (original_size[0] / width, original_size[1] / height) if original_size else (1.0, 1.0)
         ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-        centres = np.stack([(xs + 0.5) * s - 0.5, (ys + 0.5) * s - 0.5], axis=-1).reshape(-1, 2)  # pixel centres
+        # cell centres in original pixels (pixel centres scale about -0.5: p_orig = (p + 0.5) * scale - 0.5)
+        centres = np.stack([(xs + 0.5) * s * sx - 0.5, (ys + 0.5) * s * sy - 0.5], axis=-1).reshape(-1, 2)
         if homography is None:
             feats = np.random.default_rng(self.calls).normal(size=(h * w, len(self.phase)))
         else:
@@ -59,6 +65,6 @@ class HomographyCodedExtractor:
         for p in prepared:
             self.calls += 1
             _, height, width = p.pixels.shape
-            out.append(self.features(width, height, self.warps.get(p.key)))
+            out.append(self.features(width, height, self.warps.get(p.key), p.original_size))
         return FeatureBatch(torch.stack(out), [p.name for p in prepared], [p.original_size for p in prepared],
                             [p.key for p in prepared])

@@ -35,10 +35,14 @@ def sticker_edit(width: int = 128, height: int = 96) -> np.ndarray:
     return edit
 
 
-@pytest.fixture
-def scene():
-    """Source 128x96, a target 160x120 whose features show the source through H_TRUE, and a stand-in extractor."""
-    extractor = HomographyCodedExtractor(stride=8, length=24.0)
+@pytest.fixture(params=[None, (96, 72)], ids=["original-size", "resized-96x72"])
+def scene(request):
+    """Source 128x96, a target 160x120 whose features show the source through H_TRUE, and a stand-in extractor.
+
+    Extracted at the images' own sizes, or both resized to 96x72 (each by its own factor) as config.image_size
+    does it: points and the homography stay in original pixels either way.
+    """
+    extractor = HomographyCodedExtractor(stride=8, length=24.0, image_size=request.param)
     source, target = texture(1, 128, 96), texture(2, 160, 120)
     extractor.register(source, np.eye(3))
     extractor.register(target, H_TRUE)
