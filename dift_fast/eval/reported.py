@@ -36,6 +36,6 @@ PROTOCOL_PRESET: dict[str, str] = {
     "pf-willow": "spair",
     "hpatches": "hpatches",
     "davis": "davis",
-    "jhmdb": "davis",  # DIFT published no JHMDB settings; its DAVIS ones are used (docs/eval.md)
+    "jhmdb": "davis",  # DIFT's code gives no JHMDB settings; its DAVIS ones are used (docs/eval.md)
     "synthetic-homography": "hpatches",
 }
