@@ -4,6 +4,7 @@ Importing this package loads no model, builds no extension and touches no networ
 """
 
 from .config import PRESETS, DiftConfig
+from .edit import propagate_edit
 from .extractor import DiftExtractor
 from .index import FeatureIndex
 from .matching import match_points, mutual_nearest_neighbors, sample_descriptors
@@ -21,5 +22,6 @@ __all__ = [
     "mutual_nearest_neighbors",
     "plot_matches",
     "plot_points",
+    "propagate_edit",
     "sample_descriptors",
 ]

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from .common import add_model_options, load_extractor
 
-BENCHMARKS = ("spair", "pf-willow", "hpatches", "davis", "synthetic-homography")
+BENCHMARKS = ("spair", "pf-willow", "hpatches", "davis", "jhmdb", "synthetic-homography")
 
 EPILOG = """examples:
   dift-fast eval spair --root data/SPair-71k --limit 200
   dift-fast eval hpatches --root data/hpatches-sequences-release --keypoints data/superpoint-1k
   dift-fast eval davis --root data/DAVIS --out results/davis
+  dift-fast eval jhmdb --root data/JHMDB --split data/JHMDB/testlist_split1.txt
   dift-fast eval synthetic-homography --model tiny-random --image-size 64x48 --limit 4
 Each benchmark uses its protocol's preset unless --preset is given. Features are cached under --cache
 (default OUT/cache): an interrupted run resumes. See docs/eval.md for the dataset layouts."""
@@ -22,7 +23,7 @@ Each benchmark uses its protocol's preset unless --preset is given. Features are
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
-        help="evaluate on SPair-71k, PF-WILLOW, HPatches, DAVIS-2017 or synthetic homographies",
+        help="evaluate on SPair-71k, PF-WILLOW, HPatches, DAVIS-2017, JHMDB or synthetic homographies",
         description="Score DIFT features with the paper's protocols; prints a table, writes JSON and markdown "
                     "with the paper's reported numbers beside the measured ones.",
         epilog=EPILOG,
@@ -32,14 +33,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", default=None,
                    help="dataset folder (required, except for synthetic-homography: a folder of your own photos)")
     p.add_argument("--limit", type=int, default=None,
-                   help="only the first N pairs (spair, pf-willow, synthetic), sequences (hpatches) or videos (davis)")
+                   help="only the first N pairs (spair, pf-willow, synthetic), sequences (hpatches) or videos "
+                        "(davis, jhmdb)")
     p.add_argument("--out", default=None, help="where results go (default eval-results/BENCHMARK)")
     p.add_argument("--cache", default=None, help="feature cache folder (default OUT/cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = p.add_argument_group("benchmark options")
     g.add_argument("--keypoints", default=None,
                    help="hpatches: folder of <seq>-<k>.kp / .npy keypoint files (default: detect with SIFT)")
-    g.add_argument("--short-side", type=int, default=480, help="davis: frames' short side (default 480)")
+    g.add_argument("--short-side", type=int, default=480, help="davis, jhmdb: frames' short side (default 480)")
+    g.add_argument("--split", default=None,
+                   help="jhmdb: list of '<frames folder> <joint_positions.mat>' lines, or 1/2/3 for an official "
+                        "split (default ROOT/testlist_split1.txt, else official split 1)")
     g.add_argument("--seed-pairs", type=int, default=0, help="synthetic-homography: seed of the pairs")
     add_model_options(p)
     p.set_defaults(func=run, preset=None)
@@ -83,6 +88,9 @@ def _run_benchmark(bench, args, extractor, cache, out, progress):
     if bench == "davis":
         return runners.run_davis(extractor, args.root, cache, limit=args.limit, short_side=args.short_side,
                                  predictions_dir=out / "predictions", progress=progress)
+    if bench == "jhmdb":
+        return runners.run_jhmdb(extractor, args.root, cache, split=args.split, limit=args.limit,
+                                 short_side=args.short_side, progress=progress)
     if args.root is None:
         print("synthetic-homography: photos from scikit-image's sample data", file=sys.stderr)
     return runners.run_synthetic(extractor, cache, n_pairs=args.limit or 16, photos_dir=args.root,

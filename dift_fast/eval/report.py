@@ -48,8 +48,8 @@ def protocol_differences(benchmark: str, config: DiftConfig) -> list[str]:
     preset = PRESETS[PROTOCOL_PRESET[benchmark]]
     out = []
     for key, want in preset.items():
-        if key == "image_size" and benchmark == "davis":
-            continue  # DAVIS sizes each video by the short-side rule instead
+        if key == "image_size" and benchmark in ("davis", "jhmdb"):
+            continue  # the video benchmarks size each video by the short-side rule instead
         have = getattr(config, key)
         if (tuple(have) if isinstance(have, (list, tuple)) else have) != want:
             out.append(f"{key}={have!r} (protocol: {want!r})")

@@ -16,6 +16,7 @@ REPORTED: dict[str, dict[str, float]] = {
     "pf-willow": {},
     "hpatches": {},
     "davis": {},
+    "jhmdb": {},
     "synthetic-homography": {},
 }
 
@@ -24,6 +25,8 @@ REPORTED_SOURCE: dict[str, str] = {
     "pf-willow": "the spec gives no PF-WILLOW numbers (the paper's protocol details were not published)",
     "hpatches": "the spec gives no HPatches numbers",
     "davis": "the spec gives no DAVIS-2017 numbers",
+    "jhmdb": "the paper reports JHMDB PCK@0.1/0.2 for DIFT_sd and DIFT_adm in its temporal-correspondence table; "
+    "they could not be checked against the paper here, so none are listed",
     "synthetic-homography": "no paper numbers: this benchmark is dift-fast's own end-to-end check",
 }
 
@@ -33,5 +36,6 @@ PROTOCOL_PRESET: dict[str, str] = {
     "pf-willow": "spair",
     "hpatches": "hpatches",
     "davis": "davis",
+    "jhmdb": "davis",  # DIFT's code gives no JHMDB settings; its DAVIS ones are used (docs/eval.md)
     "synthetic-homography": "hpatches",
 }
