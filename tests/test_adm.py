@@ -301,8 +301,10 @@ def test_load_safetensors_in_either_layout(tiny, tmp_path):
     save_file(state, str(tmp_path / "gd.safetensors"))
     save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(tmp_path / "converted.safetensors"))
     for name in ("gd.safetensors", "converted.safetensors"):
-        loaded = load_adm_unet(tmp_path / name, config=TINY_CONFIG, use_cache=False)
+        loaded = load_adm_unet(tmp_path / name, config=TINY_CONFIG)
         assert torch.equal(loaded.up_blocks[1].attentions[0].to_k.weight, unet.up_blocks[1].attentions[0].to_k.weight)
+    cached = sorted(p.name for p in (tmp_path / "cache" / "adm").iterdir())
+    assert len(cached) == 1  # the guided-diffusion layout was converted and cached; the converted one needs neither
 
 
 def test_missing_key_is_named(tiny, tmp_path):
@@ -374,3 +376,19 @@ def test_not_a_state_dict_and_garbage_are_refused(tmp_path):
         load_adm_unet(tmp_path / "junk.safetensors", config=TINY_CONFIG, use_cache=False)
     with pytest.raises(WeightsError, match=r"256x256_diffusion_uncond\.pt from https://"):
         load_adm_unet(tmp_path / "absent.pt", config=TINY_CONFIG)
+
+
+@pytest.mark.slow
+def test_real_size_random_checkpoint_end_to_end(tmp_path):
+    """A real-size guided-diffusion checkpoint (random weights, 2.2 GB) through torch.save, conversion and block 4."""
+    layout = gd_layout(**REAL_GD)
+    state = random_state(layout, seed=3)
+    ckpt = _save_pt(tmp_path / "256x256_diffusion_uncond.pt", state)
+    unet = load_adm_unet(ckpt)
+    assert sum(p.numel() for p in unet.parameters()) == 552_814_086
+    x = torch.rand(1, 3, 64, 96) * 2 - 1
+    with torch.no_grad():
+        got = TruncatedADM(unet, 4)(x, 101)
+        expected = output_block_features(layout, state, x, 101)[4]
+    assert got.shape == (1, 1024, 4, 6)
+    assert rel_l2(got, expected) <= 1e-5  # fp32, op-order differences only

@@ -28,7 +28,7 @@ from ..hashing import file_sha256
 from ..schedule import linear_noise_coefficients
 from .adm_convert import convert_adm_state_dict
 from .adm_network import TruncatedADM
-from .weights import WeightsError, check_state_dict, read_state_dict
+from .weights import WeightsError, check_state_dict, read_safetensors_shapes, read_state_dict
 
 __all__ = [
     "ADM_CHECKPOINT_NAME",
@@ -123,6 +123,8 @@ def load_adm_unet(
     config = dict(config or adm_config())
     model = build_adm_unet(config, device="meta")
     target_shapes = _shapes(model)
+    if path.suffix.lower() == ".safetensors" and read_safetensors_shapes(path).keys() == target_shapes.keys():
+        use_cache = False  # already in UNet2DModel layout: nothing to convert, so nothing to cache
     cache_path = converted_cache_path(file_sha256(path)) if use_cache else None
     state = _read_cached(cache_path, target_shapes) if cache_path is not None else None
     if state is None:
@@ -132,9 +134,9 @@ def load_adm_unet(
             state = raw
         else:
             state = convert_adm_state_dict(raw, config, target_shapes, source=path)
+            if cache_path is not None:
+                _write_cached(cache_path, state, path)
         del raw
-        if cache_path is not None:
-            _write_cached(cache_path, state, path)
     bad = [k for k, v in state.items() if not v.is_floating_point()]
     if bad:
         raise WeightsError(f"{path}: non-floating-point weights for {', '.join(sorted(bad)[:5])}")

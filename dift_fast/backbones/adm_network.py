@@ -12,7 +12,9 @@ mid block, then the up path resnet by resnet, each consuming the last skip.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,7 +34,7 @@ class AdmBlock:
     stride: int  # input pixels per feature cell
 
 
-def adm_block(config, index: int) -> AdmBlock:
+def adm_block(config: Mapping[str, Any], index: int) -> AdmBlock:
     """Locate DIFT's output block ``index`` in a ``UNet2DModel`` config (``layers_per_block``, ``block_out_channels``).
 
     Raises:
