@@ -326,6 +326,14 @@ def test_wrong_shape_is_named(tiny, tmp_path):
         load_adm_unet(ckpt, config=TINY_CONFIG, use_cache=False)
 
 
+def test_integer_weights_are_refused(tiny, tmp_path):
+    _, state, _ = tiny
+    ckpt = _save_pt(tmp_path / "int.pt", {**state, "out.2.bias": torch.zeros(6, dtype=torch.int32)})
+    with pytest.raises(WeightsError, match=r"int\.pt: non-floating-point weights for out\.2\.bias"):
+        load_adm_unet(ckpt, config=TINY_CONFIG)
+    assert not (tmp_path / "cache" / "adm").exists()  # nothing cached from a refused file
+
+
 def test_unexpected_key_is_named_with_a_hint(tiny, tmp_path):
     _, state, _ = tiny
     ckpt = _save_pt(tmp_path / "cond.pt", {**state, "label_emb.weight": torch.zeros(1000, 128)})

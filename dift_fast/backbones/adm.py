@@ -129,6 +129,9 @@ def load_adm_unet(
     state = _read_cached(cache_path, target_shapes) if cache_path is not None else None
     if state is None:
         raw = read_state_dict(path)
+        bad = sorted(k for k, v in raw.items() if not v.is_floating_point())
+        if bad:
+            raise WeightsError(f"{path}: non-floating-point weights for {', '.join(bad[:5])}")
         if raw.keys() == target_shapes.keys():  # already in UNet2DModel layout
             check_state_dict({k: tuple(v.shape) for k, v in raw.items()}, target_shapes, path, "the ADM UNet")
             state = raw
@@ -137,9 +140,6 @@ def load_adm_unet(
             if cache_path is not None:
                 _write_cached(cache_path, state, path)
         del raw
-    bad = [k for k, v in state.items() if not v.is_floating_point()]
-    if bad:
-        raise WeightsError(f"{path}: non-floating-point weights for {', '.join(sorted(bad)[:5])}")
     state = {k: v.to(dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)
