@@ -1,4 +1,14 @@
-"""The forward-diffusion noise schedule (spec §1): ᾱ_t for the scheduler configs SD uses."""
+"""Forward-diffusion noise schedules: ᾱ_t and the coefficients of x_t = √ᾱ_t·x + √(1−ᾱ_t)·ε.
+
+Two schedules, each computed exactly as its model's reference code does:
+
+- SD's diffusers scheduler configs (spec §1; "scaled_linear", float32 throughout): :func:`alphas_cumprod`,
+  :func:`noise_coefficients`.
+- guided-diffusion's "linear" schedule of the ADM models (spec §6): β = linspace(1e-4, 0.02, 1000) in float64,
+  ᾱ_t and its square roots in float64, cast to float32 only when applied: :func:`linear_alphas_cumprod_float64`,
+  :func:`linear_noise_coefficients`. (diffusers' own "linear" config computes the betas in float32; ᾱ_t then differs
+  in the 7th digit, so the two are kept apart.)
+"""
 
 from __future__ import annotations
 
@@ -34,3 +44,38 @@ def noise_coefficients(config: dict[str, Any], t: int) -> tuple[float, float]:
 
     abar = torch.from_numpy(alphas_cumprod(config))[t]
     return float(abar**0.5), float((1 - abar) ** 0.5)
+
+
+# guided-diffusion's linear schedule (Ho et al.), as the ADM checkpoints were trained with it.
+LINEAR_BETA_START = 1e-4
+LINEAR_BETA_END = 0.02
+LINEAR_NUM_TIMESTEPS = 1000
+
+
+def linear_alphas_cumprod_float64(
+    num_timesteps: int = LINEAR_NUM_TIMESTEPS,
+    beta_start: float = LINEAR_BETA_START,
+    beta_end: float = LINEAR_BETA_END,
+) -> np.ndarray:
+    """ᾱ_t as float64 ``[num_timesteps]`` for guided-diffusion's "linear" schedule.
+
+    β = linspace(beta_start, beta_end, n) scaled by 1000 / n (guided-diffusion's rule, a no-op for 1000 steps),
+    ᾱ_t = cumprod(1 − β), all in float64.
+    """
+    if num_timesteps < 1:
+        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
+    scale = 1000.0 / num_timesteps
+    betas = np.linspace(scale * beta_start, scale * beta_end, num_timesteps, dtype=np.float64)
+    return np.cumprod(1.0 - betas)
+
+
+def linear_noise_coefficients(t: int, num_timesteps: int = LINEAR_NUM_TIMESTEPS) -> tuple[float, float]:
+    """(√ᾱ_t, √(1−ᾱ_t)) of guided-diffusion's linear schedule, as its ``q_sample`` applies them.
+
+    The square roots are taken in float64 and each is rounded once to float32 (guided-diffusion indexes float64
+    tables and casts with ``.float()``); returned as Python floats holding those float32 values.
+    """
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= int(t) < num_timesteps:
+        raise ValueError(f"t must be an integer timestep in [0, {num_timesteps - 1}], got {t!r}")
+    abar = linear_alphas_cumprod_float64(num_timesteps)[int(t)]
+    return float(np.float32(np.sqrt(abar))), float(np.float32(np.sqrt(1.0 - abar)))
