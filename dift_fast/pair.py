@@ -54,11 +54,14 @@ def unbatch(batch: Any) -> list[ImageFeatures]:
     """Split a ``FeatureBatch`` (from :meth:`DiftExtractor.extract_prepared`) into one :class:`ImageFeatures` each."""
     missing = [a for a in ("features", "names", "original_sizes") if not hasattr(batch, a)]
     if missing:
-        raise TypeError(f"unbatch takes a FeatureBatch (features, names, original_sizes); {type(batch).__name__} "
-                        f"lacks {missing}")
+        raise TypeError(
+            f"unbatch takes a FeatureBatch (features, names, original_sizes); {type(batch).__name__} lacks {missing}"
+        )
     if not len(batch.features) == len(batch.names) == len(batch.original_sizes):
-        raise ValueError(f"FeatureBatch is inconsistent: {len(batch.features)} maps, {len(batch.names)} names, "
-                         f"{len(batch.original_sizes)} sizes")
+        raise ValueError(
+            f"FeatureBatch is inconsistent: {len(batch.features)} maps, {len(batch.names)} names, "
+            f"{len(batch.original_sizes)} sizes"
+        )
     return [ImageFeatures(f, n, s) for f, n, s in zip(batch.features, batch.names, batch.original_sizes)]
 
 
@@ -78,7 +81,9 @@ def extract_features(extractor: Any, images: Any, prompt: str | Sequence[str] | 
         groups.setdefault(tuple(p.pixels.shape), []).append(i)
     out: list[ImageFeatures | None] = [None] * len(prepared)
     for idx in groups.values():
-        batch = extractor.extract_prepared([prepared[i] for i in idx], [prompts[i] for i in idx] if prompt is not None else None)
+        batch = extractor.extract_prepared(
+            [prepared[i] for i in idx], [prompts[i] for i in idx] if prompt is not None else None
+        )
         for i, item in zip(idx, unbatch(batch)):
             out[i] = item
     return out  # type: ignore[return-value]

@@ -71,8 +71,7 @@ def test_dense_output_is_lightglue_shaped_and_mutual(pair_features):
     m0 = out["matches0"]
     assert m0.shape == (n0,) and torch.equal(torch.where(m0 > -1)[0], m[:, 0]) and torch.equal(m0[m[:, 0]], m[:, 1])
     # and the keypoints are what the existing dense matcher reports in image pixels
-    p0, p1, _ = dense_mutual_nearest_neighbors(f0.features, f1.features, size0=f0.original_size,
-                                               size1=f1.original_size)
+    p0, p1, _ = dense_mutual_nearest_neighbors(f0.features, f1.features, size0=f0.original_size, size1=f1.original_size)
     assert torch.allclose(out["keypoints0"][m[:, 0]], p0) and torch.allclose(out["keypoints1"][m[:, 1]], p1)
     assert out["image_size0"].tolist() == list(f0.original_size)
 
@@ -99,7 +98,9 @@ def test_point_transfer_matches_the_reference(pair_features):
     # the cycle check: transferring back must land within one feature cell
     back, _ = match_points_reference(f1.features, f0.features, ref_pts, f1.original_size, f0.original_size)
     cw, ch = f0.original_size[0] / f0.features.shape[2], f0.original_size[1] / f0.features.shape[1]
-    expected = ((back[:, 0] - torch.tensor(pts)[:, 0]).abs() <= cw) & ((back[:, 1] - torch.tensor(pts)[:, 1]).abs() <= ch)
+    expected = ((back[:, 0] - torch.tensor(pts)[:, 0]).abs() <= cw) & (
+        (back[:, 1] - torch.tensor(pts)[:, 1]).abs() <= ch
+    )
     assert torch.equal(out["valid"], expected)
     no_check = match_pair(extractor, f0, f1, points0=pts, mutual=False, min_score=float(ref_scores[1]))
     assert no_check["valid"].tolist() == (ref_scores >= ref_scores[1]).tolist()
