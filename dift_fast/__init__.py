@@ -9,7 +9,7 @@ from .images import load_image
 from .index import FeatureIndex
 from .matching import match_points, mutual_nearest_neighbors, sample_descriptors
 from .pair import ImageFeatures, extract_features, match_pair, unbatch
-from .viz import plot_matches, plot_points
+from .viz import plot_heatmaps, plot_matches, plot_points
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,7 @@ __all__ = [
     "match_pair",
     "match_points",
     "mutual_nearest_neighbors",
+    "plot_heatmaps",
     "plot_matches",
     "plot_points",
     "sample_descriptors",

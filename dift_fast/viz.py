@@ -28,6 +28,7 @@ RANDOM_WEIGHTS_WATERMARK = "RANDOM WEIGHTS (tiny-random)\nthese matches are mean
 MAX_HEATMAP_PANELS = 24  # plot_heatmaps: one panel per point, up to this many
 _MIN_WIDTH_PX = 640  # small images are drawn enlarged so that text stays readable
 _NAME_CHARS = 60
+_COLORBAR_PX = 95  # room for one colour bar with its ticks and label
 
 
 def _figure(width_px: float, height_px: float) -> Any:
@@ -140,7 +141,7 @@ class _Canvas:
     def __init__(self, width: int, height: int, *, title: str | None, names: bool, colorbars: int) -> None:
         self.scale = max(1.0, _MIN_WIDTH_PX / width)
         self.top = (28 if title else 0) + (20 if names else 0) + 4
-        self.right = 70 * colorbars
+        self.right = _COLORBAR_PX * colorbars
         fw, fh = width * self.scale + self.right, height * self.scale + self.top
         self.fig = _figure(fw, fh)
         self.ax = self.fig.add_axes((0, 0, width * self.scale / fw, height * self.scale / fh))
@@ -167,8 +168,8 @@ class _Canvas:
 
     def colorbar(self, mappable: Any, label: str) -> None:
         x0, y0, w, h = self.ax.get_position().bounds
-        free = 1 - (x0 + w)
-        cax = self.fig.add_axes((x0 + w + free * (0.15 + 0.5 * self._bars), y0 + 0.1 * h, free * 0.12, 0.8 * h))
+        px = 1 / self.fig.bbox.width  # one pixel in figure coordinates; each bar has a _COLORBAR_PX-wide slot
+        cax = self.fig.add_axes((x0 + w + (10 + _COLORBAR_PX * self._bars) * px, y0 + 0.1 * h, 10 * px, 0.8 * h))
         self.fig.colorbar(mappable, cax=cax, label=label)
         self._bars += 1
 

@@ -412,3 +412,9 @@ def test_features_from_a_store(scene, tiny_extractor_factory, tmp_path):
 
 def test_pair_names_match_hloc():
     assert names_to_pair("a/b.jpg", "c.jpg") == "a-b.jpg/c.jpg"
+
+
+def test_empty_pairs_file_is_an_error(scene, tiny_extractor_factory):
+    scene[2].write_text("# nothing yet\n\n")
+    with pytest.raises(ValueError, match="lists no pairs"):
+        run(scene, tiny_extractor_factory())

@@ -133,6 +133,8 @@ def match_pairs(
     if features.resolve() == matches.resolve():
         raise ValueError(f"--features and --matches are the same file ({features}); give two files")
     pair_list = _unique_pairs(parse_pairs(pairs))
+    if not pair_list:
+        raise ValueError(f"pairs file {pairs} lists no pairs (expected 'name0 name1' per line)")
     kp_source = parse_keypoints_spec(keypoints)
     try:
         if isinstance(kp_source, H5Keypoints) and kp_source.path.resolve() in (features.resolve(), matches.resolve()):
