@@ -124,6 +124,7 @@ def test_rerun_skips_everything_and_new_pairs_extract_only_new_images(scene, tin
     )
     assert summary.ok and summary.pairs_done_before == 3 and summary.pairs_matched == 0
     assert summary.images_done_before == 3 and summary.images_extracted == 0
+    assert summary.tiny_random  # known from the model folder, without loading it
     with pairs.open("a") as f:
         f.write("d.png a.png\n")
     second = CountingExtractor(tiny_extractor_factory())

@@ -67,18 +67,22 @@ class MatchPairsSummary:
         return not self.failed and not self.pairs_skipped
 
 
-def _dift_identity(config: DiftConfig, store: Any) -> dict[str, Any]:
-    """identity_of() for this run's features: the store's precision/PCA with --store, full fp32 maps without."""
+def _dift_identity(config: DiftConfig, store: Any) -> tuple[dict[str, Any], bool]:
+    """identity_of() for this run's features (the store's precision/PCA with --store, full fp32 maps without), and
+    whether the model has random weights (the test the extractor's ``is_tiny`` makes, without loading it)."""
+    from ..config import TINY_MODEL
     from ..extractor import resolve_device, resolve_dtype
     from ..loading import resolve_model_folder
     from ..store.store import identity_of
 
     folder = resolve_model_folder(config.model, config.revision)
+    index = folder / "model_index.json"
+    tiny = config.model == TINY_MODEL or (index.is_file() and "dift_fast_tiny_random" in index.read_text())
     dtype = resolve_dtype(config.dtype, resolve_device(config.device))
     if store is None:
-        return identity_of(config, folder, dtype, "fp32", None, 0)
+        return identity_of(config, folder, dtype, "fp32", None, 0), tiny
     ident = store.meta["identity"]
-    return identity_of(config, folder, dtype, store.store_dtype, ident["pca_dim"], ident["pca_sample"] or 0)
+    return identity_of(config, folder, dtype, store.store_dtype, ident["pca_dim"], ident["pca_sample"] or 0), tiny
 
 
 def match_pairs(
@@ -144,7 +148,7 @@ def match_pairs(
             from ..store import FeatureStore
 
             feature_store = FeatureStore.open(store)
-        dift = _dift_identity(config, feature_store)
+        dift, tiny = _dift_identity(config, feature_store)
         if feature_store is not None and feature_store.meta["identity"] != dift:
             raise ValueError(
                 f"--store {store} was made with other settings than this run's "
@@ -163,7 +167,7 @@ def match_pairs(
             "min_score": min_score,
             **{f"features.{k}": v for k, v in feature_identity.items() if k != "format"},
         }
-        summary = MatchPairsSummary(pairs=len(pair_list))
+        summary = MatchPairsSummary(pairs=len(pair_list), tiny_random=tiny)
         run = _Run(
             image_dir,
             config,
@@ -240,7 +244,6 @@ class _Run:
             if self._extractor.config != self.config:
                 raise ValueError(f"the extractor's config {self._extractor.config} is not this run's {self.config}")
             self._extractor_checked = True
-            self.summary.tiny_random |= bool(getattr(self._extractor, "is_tiny", False))
         return self._extractor
 
     def extract_images(self, pairs: list[Pair], out: H5Journal) -> None:
@@ -251,8 +254,6 @@ class _Run:
         self.summary.images = len(first_line)
         todo = [n for n in first_line if n not in out]
         self.summary.images_done_before = len(first_line) - len(todo)
-        if self.store is not None and self.store.meta.get("tiny_random"):
-            self.summary.tiny_random = True
         bar = _bar(todo, self.progress, "dift-fast match-pairs: features", "image")
         for name in bar:
             try:
