@@ -158,3 +158,32 @@ def test_load_image_is_public_and_names_bad_files(tmp_path):
         dift_fast.load_image(tmp_path / "bad.jpg")
     with pytest.raises(TypeError, match="file path"):
         dift_fast.load_image(np.zeros((4, 4, 3), np.uint8))
+
+
+def test_readme_python_api_example_runs(tiny_model_dir, tmp_path, monkeypatch):
+    """The README's Python API block, on the tiny model: it extracts once and uses files that exist."""
+    pytest.importorskip("matplotlib")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    call = 'from_pretrained(preset="spair")'
+    assert call in block
+    block = block.replace(
+        call, f'from_pretrained({str(tiny_model_dir)!r}, image_size=(64, 48), ensemble_size=2, device="cpu")'
+    )
+    block = block.replace('"examples/', f'"{EXAMPLES}/')
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    original = dift_fast.DiftExtractor.extract_prepared
+
+    def counting(self, prepared, *args, **kwargs):
+        calls.append(len(prepared))
+        return original(self, prepared, *args, **kwargs)
+
+    monkeypatch.setattr(dift_fast.DiftExtractor, "extract_prepared", counting)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert calls == [2]  # both images extracted once, in one call
+    assert namespace["cat"].original_size == (451, 300) and namespace["turned"].original_size == (411, 280)
+    assert namespace["out"]["points1"].shape == (2, 2)
+    assert len(namespace["points0"]) == len(namespace["points1"]) == len(namespace["m"]["scores"])
+    assert (tmp_path / "dense.png").is_file()
