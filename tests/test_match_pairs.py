@@ -18,7 +18,7 @@ from hloc_readers import feature_pair_data, find_pair, get_keypoints, get_matche
 
 from dift_fast.cli import main  # noqa: E402
 from dift_fast.interop.h5journal import IDENTITY_ATTR, H5Journal, H5SettingsError  # noqa: E402
-from dift_fast.interop.hloc import names_to_pair, parse_pairs  # noqa: E402
+from dift_fast.interop.hloc import check_image_name, matches_dtype, names_to_pair, parse_pairs  # noqa: E402
 from dift_fast.interop.match_pairs import match_pairs  # noqa: E402
 
 TINY_ARGS = ["--ensemble-size", "2", "--image-size", "64x48", "--device", "cpu", "--no-progress"]
@@ -350,7 +350,8 @@ def test_keypoints_from_another_features_file(scene, tiny_extractor_factory):
         ({"keypoints": [[80.0, 3.0]]}, r"keypoint 0 = \(80.0, 3.0\) is outside the 70x50 image"),
         ({"keypoints": np.zeros((4, 2)), "image_size": [140, 100]}, r"image_size \[140, 100\] is not the image's"),
         ({"keypoints": np.zeros((4, 2)), "scores": np.zeros(3)}, r"scores must be \[N\] = \[4\], got \[3\]"),
-        ({"descriptors": np.zeros((4, 2))}, "no group 'a.png/keypoints'"),
+        ({"descriptors": np.zeros((4, 2))}, "no dataset 'a.png/keypoints'"),
+        ({"keypoints/x": np.zeros((4, 2))}, "no dataset 'a.png/keypoints'"),
     ],
 )
 def test_bad_keypoint_files_fail_the_image_naming_the_file(scene, tiny_extractor_factory, datasets, message):
@@ -411,8 +412,10 @@ def test_features_from_a_store(scene, tiny_extractor_factory, tmp_path):
         match_pairs(images, pairs, root / "f2.h5", root / "m2.h5", config=other.config, extractor=other, store=store)
 
 
-def test_pair_names_match_hloc():
+def test_pair_names_and_dtypes_match_hloc():
     assert names_to_pair("a/b.jpg", "c.jpg") == "a-b.jpg/c.jpg"
+    assert matches_dtype(32768) == np.int16 and matches_dtype(32769) == np.int32  # indices up to N1 - 1
+    assert check_image_name("C:/x.jpg") and check_image_name("a\\b.jpg") and check_image_name("a:b.jpg") is None
 
 
 def test_empty_pairs_file_is_an_error(scene, tiny_extractor_factory):

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .h5journal import import_h5py
+
 __all__ = [
     "GridKeypoints",
     "H5Keypoints",
@@ -62,7 +64,7 @@ def check_image_name(name: str) -> str | None:
     """Why ``name`` cannot be an image name relative to the image folder, or None when it can."""
     if "\\" in name:
         return "use '/' between folders"
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+    if name.startswith("/") or (len(name) > 2 and name[0].isalpha() and name[1:3] == ":/"):
         return "is an absolute path; names are relative to --images"
     parts = name.split("/")
     if ".." in parts:
@@ -151,8 +153,6 @@ class H5Keypoints:
     """Keypoints read from another hloc ``features.h5`` (e.g. SuperPoint's), checked before use."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        from .h5journal import import_h5py
-
         h5py = import_h5py()
         self.path = Path(path)
         if not self.path.is_file():
@@ -172,9 +172,10 @@ class H5Keypoints:
     def __call__(self, name: str, original_size: tuple[int, int], feature_shape: tuple[int, ...]):
         """``(keypoints [N, 2] float32, scores [N] float32)`` of image ``name``; raises :class:`KeypointError`."""
         where = f"keypoints file {self.path}, image {name}"
+        h5py = import_h5py()
         grp = self._fd.get(name)
-        if grp is None or "keypoints" not in grp:
-            raise KeypointError(f"{where}: no group '{name}/keypoints' in the file")
+        if not isinstance(grp, h5py.Group) or not isinstance(grp.get("keypoints"), h5py.Dataset):
+            raise KeypointError(f"{where}: no dataset '{name}/keypoints' in the file")
         kps = np.asarray(grp["keypoints"])
         if kps.ndim != 2 or kps.shape[1] != 2 or not np.issubdtype(kps.dtype, np.number):
             raise KeypointError(

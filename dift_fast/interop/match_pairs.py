@@ -259,7 +259,7 @@ class _Run:
             try:
                 feats, size = self._features_of(name)
                 kps, scores = self.kp_source(name, size, tuple(feats.shape))
-            except (ValueError, OSError, StoreError) as err:  # ImageError, KeypointError, unreadable store file
+            except (ValueError, OSError, KeyError, StoreError) as err:  # bad image, keypoints or store file
                 self.summary.failed[name] = f"{err} (first named on pairs line {first_line[name]})"
                 logger.warning("skipped image %s: %s", name, err)
                 continue
