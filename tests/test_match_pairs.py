@@ -209,8 +209,18 @@ def test_files_made_otherwise_are_refused_and_left_alone(scene, tiny_extractor_f
     other = tiny_extractor_factory(t=100)
     with pytest.raises(H5SettingsError, match=r"--features .* other settings \(t: file has 261, this run 100\)"):
         run(scene, other)
-    with pytest.raises(H5SettingsError, match="mutual"):
-        run(scene, extractor, mutual=False)
+    counting = CountingExtractor(extractor)
+    with pytest.raises(H5SettingsError, match=r"--matches .*mutual: file has True, this run False"):
+        match_pairs(
+            root / "images",
+            root / "pairs.txt",
+            root / "new.h5",
+            root / "matches.h5",
+            config=extractor.config,
+            extractor=counting,
+            mutual=False,
+        )
+    assert counting.calls == [] and not (root / "new.h5").exists()  # refused before any work
     hloc_file = root / "hloc.h5"
     with h5py.File(hloc_file, "w") as f:
         f.create_dataset("a.png/keypoints", data=np.zeros((3, 2)))

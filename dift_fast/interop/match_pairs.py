@@ -179,13 +179,18 @@ def match_pairs(
             progress,
             summary,
         )
-        with H5Journal(
-            features, feature_identity, required=FEATURE_DATASETS, label="--features", rotate_seconds=rotate_seconds
-        ) as feat_file:
+        # Both files are locked and their settings checked before any work; features are committed before
+        # matching reads them back.
+        with (
+            H5Journal(
+                features, feature_identity, required=FEATURE_DATASETS, label="--features", rotate_seconds=rotate_seconds
+            ) as feat_file,
+            H5Journal(
+                matches, match_identity, required=MATCH_DATASETS, label="--matches", rotate_seconds=rotate_seconds
+            ) as match_file,
+        ):
             run.extract_images(pair_list, feat_file)
-        with H5Journal(
-            matches, match_identity, required=MATCH_DATASETS, label="--matches", rotate_seconds=rotate_seconds
-        ) as match_file:
+            feat_file.commit()
             run.match(pair_list, features, match_file, mutual, min_score)
         return summary
     finally:
