@@ -6,9 +6,11 @@ Importing this package loads no model, builds no extension and touches no networ
 from .config import PRESETS, DiftConfig
 from .edit import propagate_edit
 from .extractor import DiftExtractor
+from .images import load_image
 from .index import FeatureIndex
 from .matching import match_points, mutual_nearest_neighbors, sample_descriptors
-from .viz import plot_matches, plot_points
+from .pair import ImageFeatures, extract_features, match_pair, unbatch
+from .viz import plot_heatmaps, plot_matches, plot_points
 
 __version__ = "0.1.0"
 
@@ -17,11 +19,17 @@ __all__ = [
     "DiftConfig",
     "DiftExtractor",
     "FeatureIndex",
+    "ImageFeatures",
     "__version__",
+    "extract_features",
+    "load_image",
+    "match_pair",
     "match_points",
     "mutual_nearest_neighbors",
+    "plot_heatmaps",
     "plot_matches",
     "plot_points",
     "propagate_edit",
     "sample_descriptors",
+    "unbatch",
 ]

@@ -15,7 +15,7 @@ from .noise import image_key
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
-__all__ = ["ImageError", "ImageLike", "PreparedImage", "expand_inputs", "load_rgb", "prepare_image"]
+__all__ = ["ImageError", "ImageLike", "PreparedImage", "expand_inputs", "load_image", "load_rgb", "prepare_image"]
 
 
 class ImageError(ValueError):
@@ -83,6 +83,22 @@ def load_rgb(source: Any, name: str | None = None) -> Image.Image:
     if rgb.width == 0 or rgb.height == 0:
         raise ImageError(label, f"empty image ({rgb.width}x{rgb.height})")
     return rgb
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Read an image file as an 8-bit RGB PIL image, the form every dift-fast function accepts.
+
+    Grayscale, palette, RGBA, CMYK and 16-bit files become 8-bit RGB (alpha dropped), as the extractor does.
+    Unlike LightGlue's ``load_image`` this returns a PIL image, not a ``[3, H, W]`` tensor in [0, 1]: a tensor
+    input to :meth:`~dift_fast.DiftExtractor.extract` is read as already preprocessed ([-1, 1], sized), whereas a
+    PIL image is resized and normalised like a path.
+
+    Raises:
+        ImageError: (a ``ValueError``) naming the file: missing, not an image, or corrupt.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"load_image takes a file path, got {type(path).__name__}")
+    return load_rgb(path)
 
 
 def _describe(source: Any) -> str:
