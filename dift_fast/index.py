@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_path
 from .faiss_utils import faiss_gpu_count, gpu_resources, import_faiss
 from .matching import match_points
 
@@ -307,7 +308,7 @@ class FeatureIndex:
 
     # -- persistence ----------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the index and its metadata to one file, atomically (a temporary name, then a rename)."""
+        """Write the index and its metadata to one file, atomically (:mod:`dift_fast.atomic`)."""
         from safetensors.numpy import save_file
 
         faiss = import_faiss()
@@ -317,13 +318,8 @@ class FeatureIndex:
                   "m": self.m, "nbits": self.nbits, "nprobe": self.nprobe, "refine": self.refine,
                   "refine_k_factor": self.refine_k_factor, "meta": self.meta}
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
+        with atomic_path(path) as tmp:
             save_file({"faiss": blob}, str(tmp), metadata={"header": json.dumps(header)})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
