@@ -50,7 +50,7 @@ def _devices(args: argparse.Namespace) -> list[str] | None:
 def job_from_args(args: argparse.Namespace):  # -> StoreJob
     from ..cli.common import config_overrides
     from ..config import DiftConfig
-    from .runner import StoreJob
+    from .job import StoreJob
 
     overrides = config_overrides(args)
     overrides.pop("batch_size", None)  # store mode sizes batches itself (auto on CUDA) unless --batch-size is given
