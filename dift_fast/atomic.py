@@ -131,7 +131,9 @@ def atomic_path(
             fd = os.open(tmp, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
         except OSError as err:
             if err.errno == errno.ELOOP:
-                raise RuntimeError(f"{tmp} was replaced by a symlink while it was written; {target} was not changed")
+                raise RuntimeError(
+                    f"{tmp} was replaced by a symlink while it was written; {target} was not changed"
+                ) from None
             raise
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
