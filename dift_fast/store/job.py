@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..backend_options import BackendOptions
 from ..config import DiftConfig
 from .identity import StoreDtype, identity_of
 
@@ -41,6 +42,7 @@ class StoreJob:
     ray_workers: int | None = None  # Ray actors (default: GPUs in the cluster, or 2 without GPUs)
     progress: bool = False
     fsync: bool = True  # flush each feature file to disk before it is renamed into place
+    backend_options: BackendOptions | None = None  # OrtOptions/TrtOptions for config.backend (None: defaults)
 
 
 def load_job_extractor(job: StoreJob, device: str | None) -> Any:
@@ -48,7 +50,7 @@ def load_job_extractor(job: StoreJob, device: str | None) -> Any:
     from ..extractor import DiftExtractor
 
     config = job.config if device is None else job.config.replace(device=device)
-    return DiftExtractor.from_pretrained(config=config)
+    return DiftExtractor.from_pretrained(config=config, backend_options=job.backend_options)
 
 
 def job_identity(job: StoreJob, extractor: Any = None, device: str | None = None) -> dict[str, Any]:
