@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from dift_fast.backend_options import OrtOptions, backend_options_for
+from dift_fast.backend_options import OrtOptions
 from dift_fast.unet import posterior
 
 from .manifest import load_manifest, manifest_geometry
 from .precision import EXPORT_DTYPES
-from .resolve import resolve_export
+from .resolve import backend_export
 
 __all__ = ["OrtBackend", "create"]
 
@@ -184,17 +184,12 @@ class OrtBackend:
 
 def create(components: Any, device: torch.device, dtype: torch.dtype, options: OrtOptions | dict[str, Any] | None = None,
            **kwargs: Any) -> OrtBackend:
-    """Entry point (``dift_fast.backends``): an :class:`OrtBackend` for ``components``.
+    """Entry point (``dift_fast.backends``): an :class:`OrtBackend` for ``components`` on ``device``.
 
-    Args:
-        components: :class:`dift_fast.loading.DiftComponents`; the UNet and VAE are loaded only when the export
-            has to be made, or checked against the weights for the first time.
-        device, dtype: where to run, and the dtype of a new export (an existing export's dtype wins).
-        options: :class:`dift_fast.backend_options.OrtOptions` (or a dict of its fields); ``kwargs`` are fields
-            too, e.g. ``create(components, device, dtype, export_dir="exports/spair")``.
+    ``options`` is an :class:`~dift_fast.backend_options.OrtOptions`, a dict of its fields, or its fields as
+    keywords (``create(components, device, dtype, export_dir="exports/spair")``). ``dtype`` is that of a new export;
+    an existing export's dtype wins. The UNet and VAE weights are read only to export or to check an export once.
     """
-    opts = backend_options_for("onnxruntime", options, **kwargs)
-    folder, manifest = resolve_export(components, dtype, opts.export_dir, no_build=opts.no_build,
-                                      check_weights=opts.check_weights)
+    opts, folder, manifest = backend_export("onnxruntime", components, dtype, options, **kwargs)
     return OrtBackend(folder, device, manifest=manifest, provider=opts.provider, intra_op_threads=opts.intra_op_threads,
                       fp16=opts.fp16, cuda_graph=opts.cuda_graph, engine_cache_dir=opts.engine_cache_dir)

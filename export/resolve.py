@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from dift_fast.atomic import write_atomic
+from dift_fast.backend_options import BackendOptions, backend_options_for
 from dift_fast.cache import cache_root
 from dift_fast.loading import load_networks
 
@@ -27,7 +28,7 @@ from .keys import weights_hash
 from .manifest import MANIFEST_NAME, ManifestError, load_manifest, stable_hash
 from .precision import dtype_name
 
-__all__ = ["model_files_signature", "resolve_export", "verify_export_weights"]
+__all__ = ["backend_export", "model_files_signature", "resolve_export", "verify_export_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,3 +106,12 @@ def resolve_export(components: Any, dtype: torch.dtype, export_dir: str | os.Pat
         raise ValueError(f"dtype {dtype} cannot be exported; use fp32, fp16 or bf16")
     logger.info("exporting ONNX graphs (dynamic size, %s) for the %s backend", name, "onnxruntime or tensorrt")
     return export_onnx(components, export_dir, dtype=name, dynamic_size=True)
+
+
+def backend_export(backend: str, components: Any, dtype: torch.dtype, options: BackendOptions | dict[str, Any] | None,
+                   **kwargs: Any) -> tuple[Any, Path, dict[str, Any]]:
+    """An accelerated backend's validated options (from a dataclass, a dict or keywords) and the export it runs."""
+    opts = backend_options_for(backend, options, **kwargs)
+    folder, manifest = resolve_export(components, dtype, opts.export_dir, no_build=opts.no_build,
+                                      check_weights=opts.check_weights)
+    return opts, folder, manifest

@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from dift_fast.backend_options import TrtOptions, backend_options_for
+from dift_fast.backend_options import TrtOptions
 from dift_fast.unet import posterior
 
 from .manifest import manifest_geometry
 from .precision import EXPORT_DTYPES
-from .resolve import resolve_export
+from .resolve import backend_export
 from .trt_builder import build_engine
 from .trt_engines import ENGINE_SUBDIR, GpuInfo, Profile, build_profiles, engine_manifest, find_cached_plan, write_plan
 from .trt_runtime import TrtEngine, import_tensorrt
@@ -92,21 +92,16 @@ class TrtBackend:
 
 def create(components: Any, device: torch.device, dtype: torch.dtype, options: TrtOptions | dict[str, Any] | None = None,
            **kwargs: Any) -> TrtBackend:
-    """Entry point (``dift_fast.backends``): a :class:`TrtBackend` for ``components``.
+    """Entry point (``dift_fast.backends``): a :class:`TrtBackend` for ``components`` on the CUDA ``device``.
 
-    Args:
-        components: :class:`dift_fast.loading.DiftComponents`; the UNet and VAE are loaded only when the export
-            has to be made, or checked against the weights for the first time.
-        device, dtype: the CUDA device, and the dtype of a new export (an existing export's dtype wins).
-        options: :class:`dift_fast.backend_options.TrtOptions` (or a dict of its fields); ``kwargs`` are fields
-            too, e.g. ``create(components, device, dtype, export_dir="exports/spair", max_batch=8)``.
+    ``options`` is a :class:`~dift_fast.backend_options.TrtOptions`, a dict of its fields, or its fields as
+    keywords (``max_batch=8``); as for :func:`dift_fast.export.ort_backend.create`, weights are read only to export
+    or to check an export once.
     """
     import_tensorrt()
     if not torch.cuda.is_available():
         raise RuntimeError("the tensorrt backend needs a CUDA GPU; none is visible")
-    opts = backend_options_for("tensorrt", options, **kwargs)
-    folder, manifest = resolve_export(components, dtype, opts.export_dir, no_build=opts.no_build,
-                                      check_weights=opts.check_weights)
+    opts, folder, manifest = backend_export("tensorrt", components, dtype, options, **kwargs)
     return TrtBackend(folder, manifest, torch.device(device), max_batch=opts.max_batch, opt_batch=opts.opt_batch,
                       latent_range=opts.latent_range, no_build=opts.no_build, cuda_graph=opts.cuda_graph,
                       workspace_gb=opts.workspace_gb)

@@ -278,10 +278,10 @@ def test_accelerated_backend_loads_only_what_it_runs(tiny_model_dir, fp32_export
     hash nothing; changed weight files are noticed (checked again, and refused when they differ)."""
     import shutil
 
+    import dift_fast.export.resolve as resolve_mod
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import load_file, save_file
 
-    import dift_fast.export.resolve as resolve_mod
     from dift_fast.backend_options import OrtOptions
 
     monkeypatch.setenv("DIFT_FAST_CACHE", str(tmp_path / "cache"))
