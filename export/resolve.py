@@ -73,10 +73,14 @@ def verify_export_weights(components: Any, manifest: dict[str, Any], folder: Pat
         raise ValueError(f"export {folder} was made from other weights ({manifest['model']['id']}) than the "
                          f"loaded model ({components.model_id}); export this model or pass its --model")
     if marker is not None:
-        try:
-            write_atomic(marker, json.dumps({"export": str(folder), "model": str(components.folder)}) + "\n")
-        except OSError as err:  # a read-only cache only costs the next run another check
-            logger.debug("could not remember the export check in %s: %s", marker, err)
+        _remember_check(marker, components, folder)
+
+
+def _remember_check(marker: Path, components: Any, folder: Path) -> None:
+    try:
+        write_atomic(marker, json.dumps({"export": str(folder), "model": str(components.folder)}) + "\n")
+    except OSError as err:  # a read-only cache only costs the next run another check
+        logger.debug("could not remember the export check in %s: %s", marker, err)
 
 
 def resolve_export(components: Any, dtype: torch.dtype, export_dir: str | os.PathLike | None, *,
@@ -104,8 +108,13 @@ def resolve_export(components: Any, dtype: torch.dtype, export_dir: str | os.Pat
     name = dtype_name(dtype)
     if name is None:
         raise ValueError(f"dtype {dtype} cannot be exported; use fp32, fp16 or bf16")
-    logger.info("exporting ONNX graphs (dynamic size, %s) for the %s backend", name, "onnxruntime or tensorrt")
-    return export_onnx(components, export_dir, dtype=name, dynamic_size=True)
+    logger.info("exporting ONNX graphs (dynamic size, %s) for the onnxruntime or tensorrt backend", name)
+    loaded_here = not components.has_networks
+    folder, manifest = export_onnx(components, export_dir, dtype=name, dynamic_size=True)
+    if loaded_here:  # read from the files just now: the new export is checked, and the backend runs its graphs
+        _remember_check(_check_marker(components, manifest), components, folder)
+        components.unet = components.vae = None
+    return folder, manifest
 
 
 def backend_export(backend: str, components: Any, dtype: torch.dtype, options: BackendOptions | dict[str, Any] | None,

@@ -316,3 +316,23 @@ def test_accelerated_backend_loads_only_what_it_runs(tiny_model_dir, fp32_export
     with pytest.raises(ValueError, match="other weights"):
         DiftExtractor.from_pretrained(**kwargs)
     assert "UNet2DConditionModel" in loads and hashes  # the changed file was noticed and checked again
+
+
+def test_an_export_made_for_the_backend_is_not_checked_again(tiny_model_dir, tmp_path, monkeypatch):
+    """An extractor that exports into an empty --export-dir drops the torch networks afterwards, and the next one
+    runs that export without loading or hashing them."""
+    from diffusers import UNet2DConditionModel
+
+    from dift_fast.backend_options import OrtOptions
+
+    monkeypatch.setenv("DIFT_FAST_CACHE", str(tmp_path / "cache"))
+    kwargs = {"model": str(tiny_model_dir), "backend": "onnxruntime", "device": "cpu", "ensemble_size": 2,
+              "image_size": SIZE, "backend_options": OrtOptions(export_dir=tmp_path / "export")}
+    first = DiftExtractor.from_pretrained(**kwargs)
+    assert (tmp_path / "export" / "manifest.json").is_file()
+    assert first.components.unet is None and first.components.vae is None
+    loads = []
+    monkeypatch.setattr(UNet2DConditionModel, "from_pretrained", lambda *a, **k: loads.append(1))
+    second = DiftExtractor.from_pretrained(**kwargs)
+    images = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    assert loads == [] and torch.equal(second.extract(images), first.extract(images))
