@@ -1,6 +1,11 @@
 """dift-fast: fast, batched, exact DIFT diffusion features for dense correspondence.
 
 Importing this package loads no model, builds no extension and touches no network.
+
+This package is the engine and a thin API (the names below). The ONNX export and the onnxruntime and TensorRT
+backends live in the top-level ``export/`` folder of the source tree, installed as ``dift_fast.export``; this
+package never imports it and finds those backends through the ``dift_fast.backends`` entry points. The README's
+"Layout" section maps every module to its one job.
 """
 
 from .config import PRESETS, DiftConfig

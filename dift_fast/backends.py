@@ -2,7 +2,8 @@
 
 Noise generation, prompt encoding and the ensemble reduction stay in the extractor, so every backend sees the
 same inputs (spec §3: features do not depend on the backend). ``torch`` is built in; ``onnxruntime`` and
-``tensorrt`` live in ``dift_fast.export`` and are found through the ``dift_fast.backends`` entry-point group.
+``tensorrt`` live in ``dift_fast.export`` and are found through the ``dift_fast.backends`` entry-point group; their
+typed options are in :mod:`dift_fast.backend_options`.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from typing import Any, Protocol
 
 import torch
 
+from .backend_options import BackendOptions
+from .geometry import NetworkGeometry
 from .unet import TruncatedUNet, VaeEncoder
 
-__all__ = ["TORCH_DTYPES", "Backend", "TorchBackend", "create_backend", "register_backend"]
+__all__ = ["TORCH_DTYPES", "Backend", "TorchBackend", "create_backend"]
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -25,6 +28,7 @@ class Backend(Protocol):
     name: str
     device: torch.device
     dtype: torch.dtype  # the dtype ``features`` wants its latents in
+    geometry: NetworkGeometry  # latent and feature sizes of the networks it runs
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[N, 3, H, W] float32 in [-1, 1] -> posterior (mean, std), each [N, 4, H/8, W/8] float32."""
@@ -43,6 +47,7 @@ class TorchBackend:
     def __init__(self, unet: TruncatedUNet, vae: VaeEncoder, device: torch.device, dtype: torch.dtype) -> None:
         self.device = device
         self.dtype = dtype
+        self.geometry = NetworkGeometry.of(unet, vae)
         self.unet = unet.to(device=device, dtype=dtype)
         self.vae = vae.to(device=device, dtype=dtype)
         if dtype == torch.float16:
@@ -70,11 +75,6 @@ _FACTORIES: dict[str, Callable[..., Backend]] = {}
 ENTRY_POINT_GROUP = "dift_fast.backends"
 
 
-def register_backend(name: str, factory: Callable[..., Backend]) -> None:
-    """Make ``backend=name`` available; ``factory(components, device, dtype, **options)`` builds it."""
-    _FACTORIES[name] = factory
-
-
 def _factory(name: str) -> Callable[..., Backend]:
     if name not in _FACTORIES:
         # Accelerated backends (dift_fast.export) are found through entry points, so this package never imports them.
@@ -95,8 +95,14 @@ def _entry_points() -> list[Any]:
     return list(entry_points(group=ENTRY_POINT_GROUP))
 
 
-def create_backend(name: str, components: Any, device: torch.device, dtype: torch.dtype, **options: Any) -> Backend:
-    """Build the backend ``name`` for loaded components."""
+def create_backend(name: str, components: Any, device: torch.device, dtype: torch.dtype,
+                   options: BackendOptions | None = None) -> Backend:
+    """Build the backend ``name`` for ``components``, with its validated options (None for ``torch``).
+
+    The torch backend needs the UNet and VAE weights and loads them when ``components`` came without them; an
+    accelerated backend loads them only when it has to (to export, or to check an export against the weights once).
+    """
     if name == "torch":
+        components.ensure_networks()
         return TorchBackend(components.unet, components.vae, device, dtype)
-    return _factory(name)(components, device, dtype, **options)
+    return _factory(name)(components, device, dtype, options)

@@ -21,7 +21,11 @@ Dtype = Literal["fp32", "bf16", "fp16"]
 
 @dataclass(frozen=True)
 class DiftConfig:
-    """What to extract. Frozen: derive variants with ``config.replace(...)``."""
+    """What to extract. Frozen: derive variants with ``config.replace(...)``.
+
+    How the backend runs (an ONNX export folder, TensorRT profiles...) is not part of it: that is the backend's
+    typed options (:mod:`dift_fast.backend_options`).
+    """
 
     model: str = DEFAULT_MODEL  # hub id, local diffusers folder, or "tiny-random"
     revision: str | None = None  # hub revision (branch, tag or commit); None: the default branch
@@ -33,7 +37,9 @@ class DiftConfig:
     dtype: Dtype | None = None  # compute dtype; None: fp32 on CPU, bf16 on CUDA
     device: str | None = None  # "cpu", "cuda", "cuda:1"...; None: CUDA when available
     seed: int = 0  # run seed of the noise contract (spec §3)
-    batch_size: int = 1  # images per micro-batch (each is E UNet samples)
+    # Images per micro-batch (each is E UNet samples). On CUDA one network call runs the whole micro-batch; on the
+    # CPU the networks run image by image inside it, so features are bit-identical whatever the batch size.
+    batch_size: int = 1
     backend: str = "torch"  # "torch", "onnxruntime" or "tensorrt"
     preset: str | None = field(default=None, compare=False)  # name of the preset it came from, for the record
 

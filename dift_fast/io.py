@@ -1,7 +1,7 @@
 """Feature files written by ``dift-fast extract IMAGES --out FILE.safetensors``.
 
 One safetensors file: tensor ``features`` [B, C, h, w] plus JSON metadata (config, image names, original sizes,
-noise keys). Written to a temporary name and renamed, so a crash never leaves a half-written file.
+noise keys). Written atomically (:mod:`dift_fast.atomic`), so a crash never leaves a half-written file.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .atomic import atomic_path
 from .config import DiftConfig
 
 __all__ = ["FeatureFile", "load_features", "save_features"]
@@ -49,7 +50,7 @@ def save_features(
     image_keys: list[int],
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a feature file atomically."""
+    """Write a feature file atomically (mode 0o666 less the umask, like any file the user creates)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -61,13 +62,8 @@ def save_features(
         "image_keys": json.dumps([str(k) for k in image_keys]),
         "extra": json.dumps(extra or {}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         save_file({"features": features.detach().cpu().contiguous()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_folder
+from .cache import cache_root
+
 TINY_WARNING = "model 'tiny-random' has random weights: its features are meaningless (smoke test only)"
 
 _BYTE_CHARS: list[str] | None = None
@@ -167,16 +170,12 @@ def build_tiny_pipeline(folder: str | os.PathLike, seed: int = 0) -> Path:
 
 
 def tiny_model_dir() -> Path:
-    """Where the built-in 'tiny-random' model lives (built on first use): ``$DIFT_FAST_CACHE/tiny-random``."""
-    root = Path(os.environ.get("DIFT_FAST_CACHE", Path.home() / ".cache" / "dift-fast"))
-    folder = root / "tiny-random-v1"
+    """Where the built-in 'tiny-random' model lives (built on first use): ``cache_root()/tiny-random-v1``."""
+    folder = cache_root() / "tiny-random-v1"
     if not (folder / "model_index.json").exists():
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        build_tiny_pipeline(tmp)
         try:
-            tmp.rename(folder)
-        except OSError:  # another process won the race; its copy is identical
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
+            with atomic_folder(folder) as tmp:
+                build_tiny_pipeline(tmp)
+        except FileExistsError:  # another process won the race; its copy is identical
+            pass
     return folder

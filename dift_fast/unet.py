@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["TruncatedUNet", "VaeEncoder"]
+__all__ = ["TruncatedUNet", "VaeEncoder", "posterior"]
 
 
 class TruncatedUNet(nn.Module):
@@ -136,6 +136,14 @@ class VaeEncoder(nn.Module):
         return self.quant_conv(h) if self.quant_conv is not None else h
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, logvar = torch.chunk(self.moments(images), 2, dim=1)
-        logvar = torch.clamp(logvar, -30.0, 20.0)
-        return mean, torch.exp(0.5 * logvar)
+        return posterior(self.moments(images))
+
+
+def posterior(moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # [N, 2*c, h, w] -> 2 x [N, c, h, w]
+    """The VAE posterior (mean, std) from its raw moments, in the moments' dtype.
+
+    ``logvar`` is clamped to [-30, 20] as diffusers' ``DiagonalGaussianDistribution`` does. Every backend maps its
+    encoder output through this one function.
+    """
+    mean, logvar = torch.chunk(moments, 2, dim=1)
+    return mean, torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))

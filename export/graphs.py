@@ -1,10 +1,7 @@
-"""ONNX export of the truncated UNet and the VAE encoder's moments, with a manifest and an export cache.
+"""ONNX export of the truncated UNet and the VAE encoder's moments: tracing, static sizes, and the export folder.
 
-Precision: the fp32 graph is traced as is. For fp16/bf16 the networks are copied and cast, except where SD 2.1
-overflows or loses its statistics in half precision (spec §2): every GroupNorm runs in fp32 (input cast up, fp32
-affine parameters, output cast back), and attention scores and softmax run in fp32 (diffusers' classic attention
-processor with ``upcast_attention`` and ``upcast_softmax`` forced on). LayerNorm needs nothing: ONNX
-LayerNormalization keeps its statistics in fp32 (``stash_type`` 1).
+Precision rewriting is in :mod:`.precision`, what an export is keyed by in :mod:`.keys`, and the manifest (written
+last: the commit point of an export) in :mod:`.manifest`.
 
 The exporter is torch's TorchScript tracer (``dynamo=False``), the one that handles symbolic spatial sizes here and
 takes seconds; its newest opset is 20. bf16 Conv/MatMul need opset 22, so bf16 graphs are converted to 22.
@@ -13,7 +10,6 @@ takes seconds; its newest opset is 20. bf16 Conv/MatMul need opset 22, so bf16 g
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import logging
 import os
@@ -22,75 +18,34 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from dift_fast.atomic import atomic_path
+from dift_fast.geometry import NetworkGeometry
+from dift_fast.prompts import encode_prompt
+
+from .keys import default_cache_dir, export_key, tool_versions, weights_hash
 from .manifest import (
-    FORMAT,
-    FORMAT_VERSION,
     MANIFEST_NAME,
     ManifestError,
-    file_sha256,
+    build_manifest,
+    geometry_record,
     load_manifest,
-    stable_hash,
-    validate_manifest,
     write_manifest,
 )
+from .precision import EXPORT_DTYPES, Dtype, low_precision_copy
 
-__all__ = [
-    "DEFAULT_OPSET",
-    "EXPORT_DTYPES",
-    "default_cache_dir",
-    "encode_prompt",
-    "export_key",
-    "export_onnx",
-    "feature_hw",
-    "weights_hash",
-]
+__all__ = ["BF16_OPSET", "DEFAULT_OPSET", "UNET_FILE", "VAE_FILE", "export_onnx"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 20  # the TorchScript exporter's newest
 BF16_OPSET = 22  # first opset whose Conv and MatMul accept bfloat16
-EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # protobuf cannot hold a model over 2 GiB; stay clear of it
 UNET_FILE, VAE_FILE = "unet.onnx", "vae_encoder.onnx"
-Dtype = Literal["fp32", "fp16", "bf16"]
-
-
-# -- precision --------------------------------------------------------------------------------------------------
-
-
-class Fp32GroupNorm(nn.Module):
-    """GroupNorm whose statistics and affine transform run in fp32 whatever the input dtype."""
-
-    def __init__(self, norm: nn.GroupNorm) -> None:
-        super().__init__()
-        self.num_groups, self.eps = norm.num_groups, norm.eps
-        self.weight = nn.Parameter(norm.weight.detach().float().clone(), requires_grad=False) if norm.affine else None
-        self.bias = nn.Parameter(norm.bias.detach().float().clone(), requires_grad=False) if norm.affine else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
-
-
-def low_precision_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """A copy of ``module`` in ``dtype`` with GroupNorm and attention softmax kept in fp32."""
-    from diffusers.models.attention_processor import Attention, AttnProcessor
-
-    out = copy.deepcopy(module).to(dtype)
-    for child in list(out.modules()):
-        for attr, grandchild in list(child.named_children()):
-            if isinstance(grandchild, nn.GroupNorm):
-                setattr(child, attr, Fp32GroupNorm(grandchild))
-        if isinstance(child, Attention):
-            child.upcast_attention = True
-            child.upcast_softmax = True
-            child.set_processor(AttnProcessor())
-    return out
 
 
 # -- export wrappers ----------------------------------------------------------------------------------------------
@@ -133,58 +88,6 @@ def _upsample_to_skip_size(unet: nn.Module) -> Iterator[None]:
         unet.overall_up_factor = saved
 
 
-# -- identity and caching ----------------------------------------------------------------------------------------
-
-
-def weights_hash(*modules: nn.Module) -> str:
-    """sha256 over the names, dtypes, shapes and bytes of the modules' parameters and buffers."""
-    h = hashlib.sha256()
-    for module in modules:
-        for name, tensor in sorted(module.state_dict().items()):
-            t = tensor.detach().cpu().contiguous()
-            h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def tool_versions() -> dict[str, str]:
-    import diffusers
-    import onnx
-
-    import dift_fast
-
-    return {"torch": torch.__version__, "onnx": onnx.__version__, "diffusers": diffusers.__version__,
-            "dift_fast": dift_fast.__version__}
-
-
-def export_key(spec: dict[str, Any]) -> str:
-    """Hash of everything the exported graphs depend on (``spec`` plus format and tool versions)."""
-    return stable_hash({"format": FORMAT, "format_version": FORMAT_VERSION, "tools": tool_versions(), **spec})
-
-
-def default_cache_dir() -> Path:
-    root = Path(os.environ.get("DIFT_FAST_CACHE", Path.home() / ".cache" / "dift-fast"))
-    return root / "onnx"
-
-
-@torch.inference_mode()
-def encode_prompt(components: Any, prompt: str) -> torch.Tensor:  # [1, 77, D] float32
-    """The text encoder's last hidden state for ``prompt`` (spec §2.4: pad to 77, truncate, no mask)."""
-    tok = components.tokenizer
-    ids = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-    encoder = components.text_encoder
-    device = next(encoder.parameters()).device
-    return encoder(ids.input_ids.to(device))[0][:1].float().cpu()
-
-
-def feature_hw(geometry: dict[str, int], h: int, w: int) -> tuple[int, int]:
-    """Spatial size of block k's feature for a latent of h x w (each downsampler halves, rounding up)."""
-    sizes = [(h, w)]
-    for _ in range(geometry["num_downsamplers"]):
-        sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
-    return sizes[len(sizes) - 1 - geometry["num_upsamplers"]]
-
-
 # -- export -------------------------------------------------------------------------------------------------------
 
 
@@ -202,7 +105,11 @@ def _trace(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_
 
 
 def _finalize(src: Path, dst: Path, opset: int, pin: dict[str, tuple[int, int]] | None) -> None:
-    """Re-save a traced graph: static sizes pinned, opset conversion, one external-data file over 2 GB, checker."""
+    """Re-save a traced graph: static sizes pinned, opset conversion, one external-data file over 2 GB, checker.
+
+    ``dst`` is written atomically; an external-data file is written in ``src``'s private folder first and moved
+    beside ``dst``, so nothing planted in the export folder is written through.
+    """
     import onnx
 
     model = onnx.load(str(src), load_external_data=True)
@@ -221,15 +128,22 @@ def _finalize(src: Path, dst: Path, opset: int, pin: dict[str, tuple[int, int]] 
     model.producer_name = "dift-fast"
     size = sum(len(t.raw_data) for t in model.graph.initializer)
     if size > EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=dst.name + ".data", size_threshold=1024)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(dst.with_name(dst.name + ".data"), 0o666 & ~umask)  # onnx creates it 0600; match the .onnx
-    else:
-        onnx.save_model(model, str(dst))
-    del model
-    onnx.checker.check_model(str(dst))  # by path: works for external data and models over 2 GB
+        stage = src.parent / "final"  # private (inside the trace folder), on the export folder's filesystem
+        stage.mkdir(exist_ok=True)
+        data = dst.name + ".data"
+        # Created here with 0o666 less the umask (onnx would create it 0600); onnx then appends to it.
+        os.close(os.open(stage / data, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        onnx.save_model(model, str(stage / dst.name), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data, size_threshold=1024)
+        del model
+        onnx.checker.check_model(str(stage / dst.name))  # by path: works for external data and models over 2 GB
+        os.replace(stage / data, dst.with_name(data))  # a rename replaces whatever is there, never writes through it
+        os.replace(stage / dst.name, dst)
+        return
+    with atomic_path(dst, fsync=False) as tmp:  # fsync: the manifest, written last, is the commit point
+        onnx.save_model(model, str(tmp))
+        del model
+        onnx.checker.check_model(str(tmp))
 
 
 def _io_spec(names: list[str], shapes: list[list[int | str]], dtypes: list[torch.dtype]) -> list[dict[str, Any]]:
@@ -269,6 +183,7 @@ def export_onnx(
     opset = opset or (BF16_OPSET if dtype == "bf16" else DEFAULT_OPSET)
     if dtype == "bf16" and opset < BF16_OPSET:
         raise ValueError(f"bf16 graphs need opset >= {BF16_OPSET} (bfloat16 Conv/MatMul); got {opset}")
+    components.ensure_networks()  # components loaded for an accelerated backend come without them
     unet, vae = components.unet, components.vae
     if image_size is None:
         if not dynamic_size:
@@ -278,7 +193,9 @@ def export_onnx(
     f = vae.downsample_factor
     if W % f or H % f:
         raise ValueError(f"image_size {W}x{H} must be a multiple of {f} (the VAE's downsampling)")
-    context = encode_prompt(components, fixed_prompt) if fixed_prompt is not None else None
+    context = None  # [1, 77, D] float32 on the CPU
+    if fixed_prompt is not None:
+        context = encode_prompt(components.tokenizer, components.text_encoder, fixed_prompt)[None].cpu()
     spec = {
         "model": {"id": components.model_id, "revision": components.revision,
                   "weights_sha256": weights_hash(unet, vae)},
@@ -327,10 +244,8 @@ def export_onnx(
     images = torch.rand(n_trace, 3, small * f, small * f, dtype=tdtype) * 2 - 1
     vae_axes = {"images": {0: "batch", 2: "image_height", 3: "image_width"},
                 "moments": {0: "batch", 2: "height", 3: "width"}}
-    geometry = {"channels": int(unet.out_channels),
-                "num_downsamplers": sum(1 for b in unet.down_blocks if getattr(b, "downsamplers", None)),
-                "num_upsamplers": sum(1 for b in unet.up_blocks if getattr(b, "upsamplers", None))}
-    unet_pin = None if dynamic_size else {"x_t": (h, w), "features": feature_hw(geometry, h, w)}
+    geometry = NetworkGeometry.of(unet, vae)
+    unet_pin = None if dynamic_size else {"x_t": (h, w), "features": geometry.feature_hw(h, w)}
     vae_pin = None if dynamic_size else {"images": (H, W), "moments": (h, w)}
 
     with tempfile.TemporaryDirectory(dir=folder, prefix=".trace-") as tmp, torch.inference_mode(False), \
@@ -345,17 +260,18 @@ def export_onnx(
     if context is not None:
         import numpy as np
 
-        np.save(folder / "prompt_embedding.npy", context.numpy())
+        with atomic_path(folder / "prompt_embedding.npy", fsync=False) as tmp, open(tmp, "wb") as fd:
+            np.save(fd, context.numpy())
 
-    C = geometry["channels"]
-    feat_shape: list[int | str] = ["batch", C, *(fsp if dynamic_size else feature_hw(geometry, h, w))]
+    C = geometry.feature_channels
+    feat_shape: list[int | str] = ["batch", C, *(fsp if dynamic_size else geometry.feature_hw(h, w))]
     graphs = {
         "unet": {
             "file": UNET_FILE,
             "inputs": _io_spec(unet_inputs, [["batch", 4, *sp], [1], ["batch", 77, D]][: len(unet_inputs)],
                                [tdtype, torch.int64, tdtype]),
             "outputs": _io_spec(["features"], [feat_shape], [tdtype]),
-            "geometry": geometry,
+            "geometry": geometry_record(geometry),
         },
         "vae_encoder": {
             "file": VAE_FILE,
@@ -366,27 +282,8 @@ def export_onnx(
             "scaling_factor": vae.scaling_factor,
         },
     }
-    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != MANIFEST_NAME
-                   and (p.name.startswith(("unet.onnx", "vae_encoder.onnx")) or p.name == "prompt_embedding.npy"))
-    files = {n: {"size": (folder / n).stat().st_size, "sha256": file_sha256(folder / n)} for n in names}
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "export_key": key,
-        **spec,
-        "config": config.to_dict() if config is not None else None,
-        "graphs": graphs,
-        "files": files,
-        "content_hash": stable_hash({k: v["sha256"] for k, v in sorted(files.items())}),
-        "exporter": "torch.onnx.export(dynamo=False)",
-        "tool_versions": tool_versions(),
-        "export_seconds": round(seconds, 2),
-        "precision_notes": None if dtype == "fp32" else
-        f"weights and activations in {dtype}; GroupNorm statistics and attention scores/softmax in fp32",
-    }
-    problems = validate_manifest(manifest, folder)
-    if problems:  # a bug here, not a user error
-        raise RuntimeError(f"export wrote an inconsistent manifest: {problems}")
+    manifest = build_manifest(folder, key, spec, graphs, config=config, tool_versions=tool_versions(),
+                              seconds=seconds)
     write_manifest(folder, manifest)
     logger.info("exported %s (%s, block %d) to %s in %.1f s", components.model_id, dtype, unet.up_ft_index, folder,
                 seconds)

@@ -13,13 +13,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dift_fast.atomic import write_atomic
+from dift_fast.geometry import NetworkGeometry
+
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "ManifestError",
+    "build_manifest",
     "file_sha256",
+    "geometry_record",
     "load_manifest",
+    "manifest_geometry",
     "stable_hash",
     "validate_manifest",
     "write_manifest",
@@ -52,11 +58,53 @@ def file_sha256(path: str | Path, chunk: int = 1 << 24) -> str:
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
     """Write ``manifest.json`` atomically (the rename is the commit point of an export)."""
-    path = Path(folder) / MANIFEST_NAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
+    return write_atomic(Path(folder) / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def geometry_record(geometry: NetworkGeometry) -> dict[str, int]:
+    """The UNet part of a :class:`NetworkGeometry` as the manifest records it (``graphs.unet.geometry``)."""
+    return {"channels": geometry.feature_channels, "num_downsamplers": geometry.num_downsamplers,
+            "num_upsamplers": geometry.num_upsamplers}
+
+
+def manifest_geometry(manifest: dict[str, Any]) -> NetworkGeometry:
+    """The :class:`NetworkGeometry` of an export's graphs, read from its manifest (no weights needed)."""
+    unet, vae = manifest["graphs"]["unet"], manifest["graphs"]["vae_encoder"]
+    return NetworkGeometry(
+        latent_channels=int(vae["outputs"][0]["shape"][1]) // 2,  # the moments: mean and logvar
+        downsample_factor=int(vae["downsample_factor"]),
+        scaling_factor=float(vae["scaling_factor"]),
+        feature_channels=int(unet["geometry"]["channels"]),
+        num_downsamplers=int(unet["geometry"]["num_downsamplers"]),
+        num_upsamplers=int(unet["geometry"]["num_upsamplers"]),
+    )
+
+
+def build_manifest(folder: Path, key: str, spec: dict[str, Any], graphs: dict[str, Any], *, config: Any,
+                   tool_versions: dict[str, str], seconds: float) -> dict[str, Any]:
+    """The manifest of the export in ``folder``: ``spec``, ``graphs``, and the size and sha256 of every file."""
+    names = sorted(p.name for p in Path(folder).iterdir() if p.is_file() and p.name != MANIFEST_NAME
+                   and (p.name.startswith(("unet.onnx", "vae_encoder.onnx")) or p.name == "prompt_embedding.npy"))
+    files = {n: {"size": (folder / n).stat().st_size, "sha256": file_sha256(folder / n)} for n in names}
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "export_key": key,
+        **spec,
+        "config": config.to_dict() if config is not None else None,
+        "graphs": graphs,
+        "files": files,
+        "content_hash": stable_hash({k: v["sha256"] for k, v in sorted(files.items())}),
+        "exporter": "torch.onnx.export(dynamo=False)",
+        "tool_versions": tool_versions,
+        "export_seconds": round(seconds, 2),
+        "precision_notes": None if spec["dtype"] == "fp32" else
+        f"weights and activations in {spec['dtype']}; GroupNorm statistics and attention scores/softmax in fp32",
+    }
+    problems = validate_manifest(manifest, folder)
+    if problems:  # a bug here, not a user error
+        raise RuntimeError(f"export wrote an inconsistent manifest: {problems}")
+    return manifest
 
 
 def validate_manifest(manifest: Any, folder: Path | None = None, *, verify_hashes: bool = False) -> list[str]:

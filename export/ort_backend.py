@@ -15,45 +15,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from .graphs import EXPORT_DTYPES, export_onnx, feature_hw, weights_hash
-from .manifest import MANIFEST_NAME, ManifestError, load_manifest
+from dift_fast.backend_options import OrtOptions
+from dift_fast.unet import posterior
 
-__all__ = ["OrtBackend", "create", "resolve_export"]
+from .manifest import load_manifest, manifest_geometry
+from .precision import EXPORT_DTYPES
+from .resolve import backend_export
+
+__all__ = ["OrtBackend", "create"]
 
 logger = logging.getLogger(__name__)
 
 _NP_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
-_DTYPE_NAMES = {v: k for k, v in EXPORT_DTYPES.items()}
-
-
-def resolve_export(components: Any, dtype: torch.dtype, engine_dir: str | os.PathLike | None, *,
-                   no_build: bool = False, check_weights: bool = True) -> tuple[Path, dict[str, Any]]:
-    """The export folder to run: ``engine_dir`` when it holds an export, else a new (cached) dynamic-size export.
-
-    An existing export must be of the same model (weights hash) and block; its dtype wins over ``dtype``.
-    """
-    if engine_dir is not None and (Path(engine_dir) / MANIFEST_NAME).is_file():
-        folder = Path(engine_dir)
-        manifest = load_manifest(folder)
-        if manifest["up_ft_index"] != components.unet.up_ft_index:
-            raise ValueError(f"export {folder} is of up block {manifest['up_ft_index']}, the extractor wants "
-                             f"up_ft_index={components.unet.up_ft_index}; export again with --up-ft-index")
-        if check_weights and manifest["model"]["weights_sha256"] != weights_hash(components.unet, components.vae):
-            raise ValueError(f"export {folder} was made from other weights ({manifest['model']['id']}) than the "
-                             f"loaded model ({components.model_id}); export this model or pass its --model")
-        want = _DTYPE_NAMES.get(dtype, str(dtype))
-        if manifest["dtype"] != want:
-            logger.warning("export %s holds %s graphs; running them in %s (the requested %s does not apply)",
-                           folder, manifest["dtype"], manifest["dtype"], want)
-        return folder, manifest
-    if no_build:
-        where = engine_dir if engine_dir is not None else "the export cache"
-        raise ManifestError(f"no export in {where} and no_build is set; run `dift-fast export --out DIR` first")
-    dtype_name = _DTYPE_NAMES.get(dtype)
-    if dtype_name is None:
-        raise ValueError(f"dtype {dtype} cannot be exported; use fp32, fp16 or bf16")
-    logger.info("exporting ONNX graphs (dynamic size, %s) for the onnxruntime backend", dtype_name)
-    return export_onnx(components, engine_dir, dtype=dtype_name, dynamic_size=True)
 
 
 def _session_options(intra_op_threads: int | None) -> Any:
@@ -132,9 +105,7 @@ class OrtBackend:
         graphs = self.manifest["graphs"]
         self.unet = ort.InferenceSession(str(self.folder / graphs["unet"]["file"]), opts, providers=providers)
         self.vae = ort.InferenceSession(str(self.folder / graphs["vae_encoder"]["file"]), opts, providers=providers)
-        self.geometry = graphs["unet"]["geometry"]
-        self.moment_channels = graphs["vae_encoder"]["outputs"][0]["shape"][1]
-        self.downsample_factor = graphs["vae_encoder"]["downsample_factor"]
+        self.geometry = manifest_geometry(self.manifest)
         self.fixed_context: torch.Tensor | None = None
         if self.manifest["fixed_prompt"] is not None:
             self.fixed_context = torch.from_numpy(np.load(self.folder / "prompt_embedding.npy"))[0]  # [77, D]
@@ -148,11 +119,9 @@ class OrtBackend:
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, _, H, W = images.shape
-        f = self.downsample_factor
         (moments,) = self._run(self.vae, "vae", {"images": images.to(self.dtype)},
-                               {"moments": (n, self.moment_channels, H // f, W // f)})
-        mean, logvar = torch.chunk(moments.float(), 2, dim=1)
-        return mean, torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
+                               {"moments": (n, 2 * self.geometry.latent_channels, *self.geometry.latent_hw(H, W))})
+        return posterior(moments.float())
 
     def features(self, latents: torch.Tensor, timestep: int, context: torch.Tensor) -> torch.Tensor:
         n, _, h, w = latents.shape
@@ -161,8 +130,8 @@ class OrtBackend:
             feeds["encoder_hidden_states"] = context.to(self.dtype)
         else:
             self._check_prompt(context)
-        fh, fw = feature_hw(self.geometry, h, w)
-        (feats,) = self._run(self.unet, "unet", feeds, {"features": (n, self.geometry["channels"], fh, fw)})
+        fh, fw = self.geometry.feature_hw(h, w)
+        (feats,) = self._run(self.unet, "unet", feeds, {"features": (n, self.geometry.feature_channels, fh, fw)})
         return feats
 
     # -- running ------------------------------------------------------------------------------------------------
@@ -213,23 +182,14 @@ class OrtBackend:
         return [o.clone() for o in outs] if self.cuda_graph else outs
 
 
-def create(components: Any, device: torch.device, dtype: torch.dtype, *, engine_dir: str | os.PathLike | None = None,
-           no_build: bool = False, provider: str | None = None, intra_op_threads: int | None = None,
-           fp16: bool = False, cuda_graph: bool = False, engine_cache_dir: str | os.PathLike | None = None,
-           check_weights: bool = True) -> OrtBackend:
-    """Entry point (``dift_fast.backends``): an :class:`OrtBackend` for loaded components.
+def create(components: Any, device: torch.device, dtype: torch.dtype, options: OrtOptions | dict[str, Any] | None = None,
+           **kwargs: Any) -> OrtBackend:
+    """Entry point (``dift_fast.backends``): an :class:`OrtBackend` for ``components`` on ``device``.
 
-    Args:
-        engine_dir: an export folder (``dift-fast export --out DIR``); exported there (dynamic size, ``dtype``)
-            when it holds none; default: a cache folder keyed by the export's inputs.
-        no_build: raise instead of exporting when there is no export.
-        provider: "cpu", "cuda" or "tensorrt" (onnxruntime-gpu); default from ``device``.
-        intra_op_threads: CPU threads per session (default: onnxruntime's choice).
-        fp16: TensorRT EP only: allow fp16 kernels for an fp32 graph.
-        cuda_graph: capture the CUDA EP (or TensorRT EP) run in a CUDA graph.
-        engine_cache_dir: TensorRT EP engine and timing cache (default ``engine_dir/ort_trt_cache``).
-        check_weights: verify that an existing export was made from these weights (hashes them once).
+    ``options`` is an :class:`~dift_fast.backend_options.OrtOptions`, a dict of its fields, or its fields as
+    keywords (``create(components, device, dtype, export_dir="exports/spair")``). ``dtype`` is that of a new export;
+    an existing export's dtype wins. The UNet and VAE weights are read only to export or to check an export once.
     """
-    folder, manifest = resolve_export(components, dtype, engine_dir, no_build=no_build, check_weights=check_weights)
-    return OrtBackend(folder, device, manifest=manifest, provider=provider, intra_op_threads=intra_op_threads,
-                      fp16=fp16, cuda_graph=cuda_graph, engine_cache_dir=engine_cache_dir)
+    opts, folder, manifest = backend_export("onnxruntime", components, dtype, options, **kwargs)
+    return OrtBackend(folder, device, manifest=manifest, provider=opts.provider, intra_op_threads=opts.intra_op_threads,
+                      fp16=opts.fp16, cuda_graph=opts.cuda_graph, engine_cache_dir=opts.engine_cache_dir)

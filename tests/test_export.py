@@ -271,3 +271,68 @@ def test_ort_cuda_matches_torch(fp32_export, comps, cuda_graph):
         out = backend.features(x.cuda(), 261, ctx.cuda())
         # CUDA convolutions may use TF32 (10-bit mantissa) inside onnxruntime: looser than the CPU bound.
         assert rel_l2(out.cpu(), ref) < 1e-2
+
+
+def test_accelerated_backend_loads_only_what_it_runs(tiny_model_dir, fp32_export, comps, tmp_path, monkeypatch):
+    """With an export checked once against the weights, later extractors load neither the UNet nor the VAE and
+    hash nothing; changed weight files are noticed (checked again, and refused when they differ)."""
+    import shutil
+
+    import dift_fast.export.resolve as resolve_mod
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import load_file, save_file
+
+    from dift_fast.backend_options import OrtOptions
+
+    monkeypatch.setenv("DIFT_FAST_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    loads, hashes = [], []
+    for cls in (UNet2DConditionModel, AutoencoderKL):
+        monkeypatch.setattr(cls, "from_pretrained", lambda *a, _load=cls.from_pretrained, _name=cls.__name__, **k:
+                            loads.append(_name) or _load(*a, **k))
+    real_hash = resolve_mod.weights_hash
+    monkeypatch.setattr(resolve_mod, "weights_hash", lambda *m: hashes.append(1) or real_hash(*m))
+    kwargs = {"model": str(model), "backend": "onnxruntime", "backend_options": OrtOptions(export_dir=fp32_export[0]),
+              "device": "cpu", "ensemble_size": 2, "image_size": SIZE}
+
+    first = DiftExtractor.from_pretrained(**kwargs)  # the first use checks the export against the weights
+    assert sorted(loads) == ["AutoencoderKL", "UNet2DConditionModel"] and len(hashes) == 1
+    assert first.components.unet is None and first.components.vae is None  # dropped after the check
+    loads.clear()
+    hashes.clear()
+    second = DiftExtractor.from_pretrained(**kwargs)
+    assert loads == [] and hashes == [] and second.components.unet is None and second.components.vae is None
+    images = torch.rand(2, 3, 48, 64, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    ref = make_extractor(comps).extract(images)
+    out = second.extract(images)
+    assert rel_l2(out, ref) < FP32_TOL
+    assert second.feature_shape() == tuple(out.shape[1:]) == make_extractor(comps).feature_shape()
+
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(weights))
+    tensors["conv_in.weight"] = tensors["conv_in.weight"] + 1  # a fine-tune of the same shapes and size
+    save_file(tensors, str(weights))
+    with pytest.raises(ValueError, match="other weights"):
+        DiftExtractor.from_pretrained(**kwargs)
+    assert "UNet2DConditionModel" in loads and hashes  # the changed file was noticed and checked again
+
+
+def test_an_export_made_for_the_backend_is_not_checked_again(tiny_model_dir, tmp_path, monkeypatch):
+    """An extractor that exports into an empty --export-dir drops the torch networks afterwards, and the next one
+    runs that export without loading or hashing them."""
+    from diffusers import UNet2DConditionModel
+
+    from dift_fast.backend_options import OrtOptions
+
+    monkeypatch.setenv("DIFT_FAST_CACHE", str(tmp_path / "cache"))
+    kwargs = {"model": str(tiny_model_dir), "backend": "onnxruntime", "device": "cpu", "ensemble_size": 2,
+              "image_size": SIZE, "backend_options": OrtOptions(export_dir=tmp_path / "export")}
+    first = DiftExtractor.from_pretrained(**kwargs)
+    assert (tmp_path / "export" / "manifest.json").is_file()
+    assert first.components.unet is None and first.components.vae is None
+    loads = []
+    monkeypatch.setattr(UNet2DConditionModel, "from_pretrained", lambda *a, **k: loads.append(1))
+    second = DiftExtractor.from_pretrained(**kwargs)
+    images = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    assert loads == [] and torch.equal(second.extract(images), first.extract(images))

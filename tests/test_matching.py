@@ -9,8 +9,6 @@ import torch.nn.functional as F
 
 from dift_fast.faiss_utils import faiss_available, faiss_gpu_count
 from dift_fast.matching import (
-    _linear_weights,
-    _upsampled_inverse_norms,
     cosine_maps,
     dense_mutual_nearest_neighbors,
     match_points,
@@ -18,6 +16,7 @@ from dift_fast.matching import (
     mutual_nearest_neighbors,
     sample_descriptors,
 )
+from dift_fast.matching.transfer import _linear_weights, _upsampled_inverse_norms
 
 # ---------------------------------------------------------------------------------------------------------------
 # Feature maps

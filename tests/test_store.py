@@ -13,6 +13,7 @@ import pytest
 import torch
 from store_helpers import assert_stores_equal, make_images
 
+from dift_fast import atomic as atomic_mod
 from dift_fast.cli import main
 from dift_fast.images import prepare_image
 from dift_fast.store import (
@@ -166,7 +167,8 @@ def test_full_disk_stops_cleanly_and_rerun_completes(images, reference, tiny_ext
     argv = ["extract", str(images), "--out", str(out), "--model", model, "--ensemble-size", "2", "--image-size",
             "64x48", "--device", "cpu", "--no-progress"]
     fake = _FullDiskOs(out, fail_at=3)
-    monkeypatch.setattr(store_mod, "os", fake)
+    monkeypatch.setattr(store_mod, "os", fake)  # manifest and failure-log appends
+    monkeypatch.setattr(atomic_mod, "os", fake)  # feature files (dift_fast.atomic writes them)
     assert main(argv) == 3
     assert fake.full and "disk full" in capsys.readouterr().err
     monkeypatch.undo()

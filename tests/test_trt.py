@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from dift_fast.export.manifest import file_sha256
-from dift_fast.export.trt_backend import (
+from dift_fast.export.trt_engines import (
     GpuInfo,
     Profile,
     build_profiles,

@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from ..config import DEFAULT_MODEL, DTYPES, PRESETS
+
+
+class DeprecatedAlias(argparse.Action):
+    """The old spelling of a renamed option: still works, warns on stderr, hidden from ``--help``."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, new: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"dift-fast: warning: {option_string} is deprecated and will be removed; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -28,16 +42,23 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default=None, choices=DTYPES, help="compute dtype (default fp32 on CPU, bf16 on CUDA)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     g.add_argument("--seed", type=int, default=None, help="noise seed (default 0)")
-    g.add_argument("--batch-size", type=int, default=None, help="images per micro-batch")
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per micro-batch: one network call on CUDA; on the CPU the networks still run image by image "
+        "(bit-identical features whatever the batch)",
+    )
     g.add_argument(
         "--backend", default=None, choices=("torch", "onnxruntime", "tensorrt"), help="what runs the networks"
     )
     g.add_argument(
-        "--engine",
+        "--export-dir",
         default=None,
         metavar="DIR",
-        help="onnxruntime/tensorrt: export folder (dift-fast export --out DIR); exported there when empty",
+        help="onnxruntime/tensorrt: ONNX export folder (from `dift-fast export --out DIR`); exported there when empty",
     )
+    g.add_argument("--engine", dest="export_dir", metavar="DIR", action=DeprecatedAlias, new="--export-dir")
     g.add_argument(
         "--no-build", action="store_true", help="onnxruntime/tensorrt: fail instead of exporting or building engines"
     )
@@ -74,16 +95,20 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def backend_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The backend options given on the command line (``--export-dir``, ``--no-build``), as a dict."""
+    options: dict[str, Any] = {}
+    if getattr(args, "export_dir", None):
+        options["export_dir"] = args.export_dir
+    if getattr(args, "no_build", False):
+        options["no_build"] = True
+    return options
+
+
 def load_extractor(args: argparse.Namespace, **backend_options: Any) -> Any:
     from ..extractor import DiftExtractor
 
-    if getattr(args, "engine", None) or getattr(args, "no_build", False):
-        if (args.backend or "torch") == "torch":
-            raise ValueError("--engine and --no-build apply to --backend onnxruntime or tensorrt")
-        if args.engine:
-            backend_options.setdefault("engine_dir", args.engine)
-        if args.no_build:
-            backend_options.setdefault("no_build", True)
-    return DiftExtractor.from_pretrained(
-        preset=args.preset, backend_options=backend_options or None, **config_overrides(args)
-    )
+    options = {**backend_options_from_args(args), **backend_options}
+    if options and (args.backend or "torch") == "torch":
+        raise ValueError("--export-dir and --no-build apply to --backend onnxruntime or tensorrt")
+    return DiftExtractor.from_pretrained(preset=args.preset, backend_options=options or None, **config_overrides(args))

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Export the truncated UNet (up to the preset's block) and the VAE encoder (moments) to ONNX, with a "
             "manifest.json. Batch is dynamic; spatial size is the preset's unless --dynamic-size. Exporting the "
-            "same inputs again does nothing. Run with: dift-fast extract --backend onnxruntime --engine DIR."
+            "same inputs again does nothing. Run with: dift-fast extract --backend onnxruntime --export-dir DIR."
         ),
     )
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the graphs and manifest.json")

@@ -63,6 +63,7 @@ def run_build(args: argparse.Namespace) -> int:
     import torch
 
     from ..index import FeatureIndex, pooled_descriptors
+    from ..index.labels import cell_pixel_labels
     from ..io import load_features
 
     ff = load_features(args.features)
@@ -77,10 +78,7 @@ def run_build(args: argparse.Namespace) -> int:
     else:
         vectors = feats.permute(0, 2, 3, 1).reshape(b * h * w, c)
         ids = torch.arange(b).repeat_interleave(h * w)
-        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        cells = torch.stack([xs.flatten(), ys.flatten()], 1).double()  # [h*w, 2]
-        scale = torch.tensor([[s[0] / w, s[1] / h] for s in ff.original_sizes], dtype=torch.float64)  # [B, 2]
-        xy = ((cells[None] + 0.5) * scale[:, None] - 0.5).round().clamp_min(0).long().reshape(b * h * w, 2)
+        xy = torch.cat([cell_pixel_labels(h, w, size) for size in ff.original_sizes])  # [b*h*w, 2]
     if args.kind == "ivfpq":
         pick = torch.randperm(len(vectors), generator=torch.Generator().manual_seed(0))[:100_000]
         index.train(vectors[pick])

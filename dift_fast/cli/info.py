@@ -9,7 +9,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from .common import add_model_options, config_overrides
+from .common import add_model_options, backend_options_from_args, config_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,11 +63,13 @@ def gather(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from .. import __version__
+    from ..backend_options import backend_options_for
     from ..config import DiftConfig
     from ..extractor import resolve_dtype
     from ..flops import count_parameters, measure_costs
 
     config = DiftConfig.from_preset(args.preset, **config_overrides(args))
+    options = backend_options_for(config.backend, backend_options_from_args(args))
     cuda = torch.cuda.is_available()
     device = torch.device(config.device or ("cuda" if cuda else "cpu"))
     info: dict[str, Any] = {
@@ -79,6 +81,7 @@ def gather(args: argparse.Namespace) -> dict[str, Any]:
         "device": str(device),
         "dtype": str(resolve_dtype(config.dtype, device)).replace("torch.", ""),
         "config": config.to_dict(),
+        "backend_options": options.to_dict() if options is not None else None,
         "kernels": kernel_status(),
         "backends": backend_status(),
     }
@@ -154,6 +157,9 @@ def run(args: argparse.Namespace) -> int:
     print("kernels      " + ", ".join(f"{k}: {v}" for k, v in info["kernels"].items()))
     for name, status in info["backends"].items():
         print(f"backend      {name}: {status}")
+    if info["backend_options"] is not None:
+        opts = ", ".join(f"{k}={v!r}" for k, v in info["backend_options"].items())
+        print(f"options      {cfg['backend']}: {opts}")
     print(f"model        {cfg['model']} (revision {cfg['revision'] or 'default'})")
     w, h = m["image_size"]
     print(

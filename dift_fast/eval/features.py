@@ -2,7 +2,7 @@
 
 The cache folder holds one sub-folder per feature fingerprint (everything in the config that changes the
 numbers), and in it one safetensors file per image, named by a hash of the image's identity string. Files are
-written to a temporary name and renamed, so an interrupted run leaves only complete entries behind.
+written atomically (:mod:`dift_fast.atomic`), so an interrupted run leaves only complete entries behind.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import atomic_path, write_atomic
 from ..config import DiftConfig
 from ..images import PreparedImage
 
@@ -56,7 +57,7 @@ class FeatureCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "config.json"
         if not meta.exists():
-            meta.write_text(config.to_json() + "\n")
+            write_atomic(meta, config.to_json() + "\n")
         self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._memory_items = memory_items
 
@@ -70,14 +71,8 @@ class FeatureCache:
     def put(self, ident: str, features: torch.Tensor) -> None:  # features: [C, h, w]
         from safetensors.torch import save_file
 
-        path = self.path(ident)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
+        with atomic_path(self.path(ident)) as tmp:
             save_file({"features": features.detach().cpu().contiguous()}, str(tmp), metadata={"ident": ident})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def get(self, ident: str) -> torch.Tensor:  # [C, h, w]
         """Features of ``ident`` (KeyError when they were never computed)."""

@@ -1,7 +1,8 @@
 """Crash-safe feature stores for large extraction runs (``dift-fast extract ROOT --out STORE``); see docs/store.md."""
 
 from .h5 import export_h5
-from .runner import StoreJob, StoreSummary, extract_to_store
+from .job import StoreJob
+from .runner import StoreSummary, extract_to_store
 from .store import FeatureStore, StoreConfigError, StoreError, StoreFullError, StoreLockedError
 
 __all__ = [

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path
 from .store import FeatureStore
 
 __all__ = ["export_h5"]
@@ -49,16 +50,11 @@ def export_h5(
     missing = [n for n in names if n not in entries]
     if missing:
         raise KeyError(f"{len(missing)} image(s) not in store {store.root}: {missing[:5]}")
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w", libver="latest") as fd:
-            fd.attrs["dift_fast_identity"] = json.dumps(store.meta["identity"], sort_keys=True)
-            fd.attrs["format"] = "dift-fast-hloc/1"
-            for name in names:
-                grp = fd.create_group(name)
-                grp.create_dataset(dataset, data=store.get(name).numpy())
-                grp.create_dataset("image_size", data=np.array(entries[name].original_size, dtype=np.int64))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out) as tmp, h5py.File(tmp, "w", libver="latest") as fd:
+        fd.attrs["dift_fast_identity"] = json.dumps(store.meta["identity"], sort_keys=True)
+        fd.attrs["format"] = "dift-fast-hloc/1"
+        for name in names:
+            grp = fd.create_group(name)
+            grp.create_dataset(dataset, data=store.get(name).numpy())
+            grp.create_dataset("image_size", data=np.array(entries[name].original_size, dtype=np.int64))
     return out

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from .job import StoreJob, job_identity, load_job_extractor
 from .parallel import cpu_threads_per_worker
 from .pipeline import RunResult, StorePipeline
 from .sources import ImageSource
-from .store import FeatureStore, StoreConfigError, identity_of
+from .store import FeatureStore, StoreConfigError
 
 __all__ = ["StoreActor", "connect", "extract_with_ray", "pool_kwargs"]
 
@@ -60,10 +61,8 @@ def pool_kwargs(ray_data: Any, size: int) -> dict[str, Any]:
 class StoreActor:
     """Ray Data callable class: extracts a batch of names into the store, returns their status."""
 
-    def __init__(self, job: Any, source: ImageSource, cpu_threads: int) -> None:
+    def __init__(self, job: StoreJob, source: ImageSource, cpu_threads: int) -> None:
         import torch
-
-        from .runner import load_job_extractor
 
         device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to our GPU
         if device == "cpu":
@@ -71,8 +70,7 @@ class StoreActor:
         self.extractor = load_job_extractor(job, device)
         self.store = FeatureStore.open(job.out)
         self.store.fsync = job.fsync
-        mine = identity_of(self.extractor.config, self.extractor.components.folder, self.extractor.dtype,
-                           job.store_dtype, job.pca_dim, job.pca_sample)
+        mine = job_identity(job, self.extractor)
         if mine != self.store.meta["identity"]:
             raise StoreConfigError(f"Ray worker on {device} would write {mine}, the store holds "
                                    f"{self.store.meta['identity']}; pass --dtype explicitly")
@@ -87,7 +85,7 @@ class StoreActor:
                 "worker": np.array([self.store.writer_id] * len(names), dtype=object)}
 
 
-def extract_with_ray(job: Any, source: ImageSource, pending: Sequence[str]) -> RunResult:
+def extract_with_ray(job: StoreJob, source: ImageSource, pending: Sequence[str]) -> RunResult:
     """Extract ``pending`` on the Ray cluster at ``job.ray_address`` into the store ``job.out``."""
     ray = _ray()
     start = time.perf_counter()

@@ -8,37 +8,18 @@ from typing import Any
 
 import torch
 
-from ..config import DiftConfig
 from ..images import ImageError
+from .job import StoreJob, job_identity, load_job_extractor
+from .parallel import extract_on_devices
 from .pca import fit_pca, sample_names
 from .pipeline import RunResult, StageTimes, StorePipeline
+from .ray_data import connect, extract_with_ray
 from .sources import ImageSource, find_images, load_prepared
-from .store import FeatureStore, StoreDtype, identity_of
+from .store import FeatureStore
 
-__all__ = ["StoreJob", "StoreSummary", "extract_to_store"]
+__all__ = ["StoreSummary", "extract_to_store"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class StoreJob:
-    """Everything a store run needs (picklable: multi-GPU workers receive it)."""
-
-    inputs: list[str]  # one ROOT folder, or image files / globs (local or fsspec URLs)
-    out: str  # store folder
-    config: DiftConfig
-    store_dtype: StoreDtype = "fp16"
-    pca_dim: int | None = None  # reduce channels to this many with a PCA; None keeps all
-    pca_sample: int = 64  # images the PCA is fitted on
-    overwrite: bool = False  # delete an existing store (also one made with other settings)
-    resume: bool = False  # require an existing store
-    decode_workers: int = 2  # decode threads per process; 0: decode in the loop (sequential)
-    batch_size: int | None = None  # None: the config's on CPU, from free memory on CUDA
-    devices: list[str] | None = None  # one process per device when several; None: config.device
-    ray_address: str | None = None  # run on a Ray cluster ("local", "auto" or ray://host:port)
-    ray_workers: int | None = None  # Ray actors (default: GPUs in the cluster, or 2 without GPUs)
-    progress: bool = False
-    fsync: bool = True  # flush each feature file to disk before it is renamed into place
 
 
 @dataclass
@@ -60,25 +41,6 @@ class StoreSummary:
         return not self.failed
 
 
-def _resolve_identity(job: StoreJob, extractor: Any, device: str | None) -> dict[str, Any]:
-    if extractor is not None:
-        return identity_of(extractor.config, extractor.components.folder, extractor.dtype, job.store_dtype,
-                           job.pca_dim, job.pca_sample)
-    from ..extractor import resolve_device, resolve_dtype
-    from ..loading import resolve_model_folder
-
-    folder = resolve_model_folder(job.config.model, job.config.revision)
-    dtype = resolve_dtype(job.config.dtype, torch.device(device) if device else resolve_device(None))
-    return identity_of(job.config, folder, dtype, job.store_dtype, job.pca_dim, job.pca_sample)
-
-
-def load_job_extractor(job: StoreJob, device: str | None) -> Any:
-    from ..extractor import DiftExtractor
-
-    config = job.config if device is None else job.config.replace(device=device)
-    return DiftExtractor.from_pretrained(config=config)
-
-
 def extract_to_store(job: StoreJob, extractor: Any = None) -> StoreSummary:
     """Extract every image of ``job.inputs`` that the store at ``job.out`` lacks.
 
@@ -92,13 +54,11 @@ def extract_to_store(job: StoreJob, extractor: Any = None) -> StoreSummary:
     source = find_images(job.inputs)
     devices = job.devices or [str(extractor.device) if extractor is not None else job.config.device]
     if job.ray_address is not None:
-        from .ray_data import connect
-
         devices = ["cuda" if connect(job.ray_address) else "cpu"]  # what the actors will run on
     parallel = len(devices) > 1 or job.ray_address is not None
     if extractor is None and not parallel:
         extractor = load_job_extractor(job, devices[0])
-    identity = _resolve_identity(job, extractor, devices[0])
+    identity = job_identity(job, extractor, devices[0])
     store = FeatureStore.create_or_open(
         job.out, identity, job.config.to_dict(), overwrite=job.overwrite, must_exist=job.resume,
         extra={"root": source.root, "tiny_random": job.config.model == "tiny-random"},
@@ -116,12 +76,8 @@ def extract_to_store(job: StoreJob, extractor: Any = None) -> StoreSummary:
             del fit_extractor
         pending = [n for n in source.names if n not in done]
         if job.ray_address is not None:
-            from .ray_data import extract_with_ray
-
             result = extract_with_ray(job, source, pending)
         elif len(devices) > 1:
-            from .parallel import extract_on_devices
-
             result = extract_on_devices(job, source, pending, devices)
         elif pending:
             result = StorePipeline(extractor, store, source, decode_workers=job.decode_workers,

@@ -29,10 +29,12 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
+from ..atomic import write_atomic
+from .identity import StoreDtype, describe_diff
 from .pca import Pca
 
 __all__ = [
@@ -43,11 +45,9 @@ __all__ = [
     "StoreError",
     "StoreFullError",
     "StoreLockedError",
-    "identity_of",
 ]
 
 FORMAT = "dift-fast-store/1"
-StoreDtype = Literal["fp16", "fp32"]
 _TORCH_STORE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -81,50 +81,6 @@ class StoreEntry:
 
 def name_hash(name: str) -> str:
     return hashlib.blake2b(name.encode("utf-8"), digest_size=8).hexdigest()
-
-
-def identity_of(
-    config: Any, model_folder: Path, compute_dtype: torch.dtype, store_dtype: StoreDtype, pca_dim: int | None,
-    pca_sample: int,
-) -> dict[str, Any]:
-    """What decides the stored numbers: two runs with equal identities write equal stores.
-
-    Batch size, device placement, backend and worker counts are left out: by the noise contract they do not
-    change the features (up to the device's float rounding).
-    """
-    folder = Path(model_folder)
-    local = Path(config.model).is_dir()
-    return {
-        "model": None if local else config.model,  # hub id or 'tiny-random'; local folders go by fingerprint
-        "revision": config.revision,
-        "snapshot": folder.name if folder.parent.name == "snapshots" else None,  # hub commit actually loaded
-        "model_fingerprint": model_fingerprint(folder),
-        "t": config.t,
-        "up_ft_index": config.up_ft_index,
-        "ensemble_size": config.ensemble_size,
-        "image_size": list(config.image_size) if config.image_size is not None else None,
-        "prompt": config.prompt,
-        "seed": config.seed,
-        "compute_dtype": str(compute_dtype).replace("torch.", ""),
-        "store_dtype": store_dtype,
-        "pca_dim": pca_dim,
-        "pca_sample": pca_sample if pca_dim else None,
-    }
-
-
-def model_fingerprint(folder: Path) -> str:
-    """Hash of the component configs and weight file sizes: cheap, and changes when the weights do."""
-    h = hashlib.blake2b(digest_size=8)
-    for comp in ("unet", "vae", "text_encoder"):
-        d = folder / comp
-        if not d.is_dir():
-            continue
-        for f in sorted(d.iterdir()):
-            if f.suffix == ".json":
-                h.update(f.read_bytes())
-            elif f.suffix in (".safetensors", ".bin"):
-                h.update(f"{comp}/{f.name}:{f.stat().st_size}".encode())
-    return h.hexdigest()
 
 
 class FeatureStore:
@@ -175,7 +131,7 @@ class FeatureStore:
             store = cls.open(root)
             if store.meta["identity"] != identity:
                 if not overwrite:
-                    diff = _describe_diff(store.meta["identity"], identity)
+                    diff = describe_diff(store.meta["identity"], identity)
                     raise StoreConfigError(
                         f"store {root} was made with different settings ({diff}); rerun with the store's settings, "
                         "use another --out, or pass --overwrite to delete it and start a new one"
@@ -192,7 +148,7 @@ class FeatureStore:
         root.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "identity": identity, "config": config or {}, "created": time.time(),
                 **(extra or {})}
-        _atomic_write_bytes(root / "store.json", json.dumps(meta, indent=1, sort_keys=True).encode(), root / "tmp")
+        write_atomic(root / "store.json", json.dumps(meta, indent=1, sort_keys=True), tmp_dir=root / "tmp")
         return cls(root, meta)
 
     def delete_contents(self) -> None:
@@ -283,7 +239,7 @@ class FeatureStore:
         blob = st_save({"features": data}, metadata=meta)
         rel = self.relpath(name)
         try:
-            _atomic_write_bytes(self.root / rel, blob, self.root / "tmp", fsync=self.fsync)
+            write_atomic(self.root / rel, blob, tmp_dir=self.root / "tmp", fsync=self.fsync)
         except OSError as err:
             self._raise_if_full(err, name)
             raise
@@ -384,10 +340,6 @@ class FeatureStore:
         return StoreEntry(name, self.relpath(name), shape, tuple(json.loads(meta["original_size"])),
                           int(meta["image_key"]))
 
-    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for name in self.names():
-            yield name, self.get(name)
-
     def info(self) -> dict[str, Any]:
         """A summary for ``dift-fast store info``."""
         entries = self.entries()
@@ -413,28 +365,3 @@ def _read_jsonl_dir(folder: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
             except ValueError:  # torn by a crash mid-append
                 continue
-
-
-def _atomic_write_bytes(dest: Path, data: bytes, tmp_dir: Path, fsync: bool = True) -> None:
-    """Write ``data`` to ``tmp_dir`` and rename it to ``dest``: readers see the old state or the whole file."""
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_dir / f"{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _describe_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return "; ".join(f"{k}: store has {old.get(k)!r}, this run {new.get(k)!r}" for k in keys)

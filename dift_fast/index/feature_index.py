@@ -1,8 +1,7 @@
-"""A FAISS index over DIFT descriptors of many images, and "find this point in the gallery".
+"""``FeatureIndex``: a FAISS index over DIFT descriptors of many images, labelled (image id, x, y).
 
-``FeatureIndex`` stores vectors with an (image id, x, y) label packed into faiss' 64-bit id
-(``image_id << 32 | y << 16 | x``; x = y = 65535 for image-level vectors), so labels cost nothing beyond the id
-faiss keeps anyway. Two kinds:
+Labels are packed into faiss' 64-bit id (:mod:`.labels`), so they cost nothing beyond the id faiss keeps anyway.
+Two kinds:
 
 * ``"flat"``: exact search, 4·dim bytes per vector (+ 8 for the id);
 * ``"ivfpq"``: an inverted file of ``nlist`` lists with product-quantised codes of ``m`` bytes (+ 8 for the id),
@@ -11,8 +10,7 @@ faiss keeps anyway. Two kinds:
   shortlist of ``refine_k_factor``·k candidates is re-ranked by exact distances to the float16 vectors (faiss
   ``IndexRefine`` over an ``IndexScalarQuantizer(QT_fp16)``, inside an ``IndexIDMap`` that keeps the labels).
 
-The default strategy for finding a point in a gallery (:func:`find_points`) is image-level retrieval on pooled
-descriptors followed by exact point transfer (:func:`dift_fast.matching.match_points`) on the top images.
+Finding points of one image in a gallery of indexed images is :mod:`.gallery`.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,14 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .faiss_utils import faiss_gpu_count, gpu_resources, import_faiss
-from .matching import match_points
+from ..atomic import atomic_path
+from ..faiss_utils import faiss_gpu_count, gpu_resources, import_faiss
+from ..matching.descriptors import pooled_descriptors
+from .labels import cell_pixel_labels, pack_labels, unpack_labels
 
-__all__ = ["FeatureIndex", "PointHits", "SearchResult", "find_points", "pooled_descriptors"]
+__all__ = ["FORMAT", "FeatureIndex", "SearchResult", "default_nlist", "default_pq_bytes"]
 
 FORMAT = "dift-fast-index/1"
-NO_XY = 0xFFFF  # x and y of an image-level (pooled) vector
-_MAX_XY = NO_XY - 1
 _ADD_CHUNK = 65536  # vectors converted and added at a time
 GPU_PQ_BYTES = (96, 64, 56, 48, 40, 32, 28, 24, 20, 16, 12, 8, 4, 3, 2, 1)  # code sizes GpuIndexIVFPQ supports
 
@@ -53,32 +51,6 @@ class SearchResult:
     image_ids: torch.Tensor  # [Q, k] long
     xy: torch.Tensor  # [Q, k, 2] long (x, y); −1 for image-level vectors and missing results
     scores: torch.Tensor  # [Q, k] float32: cosine (higher first) or L2 distance (lower first)
-
-
-def pack_labels(image_ids: torch.Tensor, xy: torch.Tensor | None) -> np.ndarray:  # [n] int64
-    """(image id, x, y) -> faiss id. ``xy=None`` labels image-level vectors."""
-    ids = torch.as_tensor(image_ids).long().reshape(-1)
-    if ids.numel() and (ids.min() < 0 or ids.max() >= 2**31):
-        raise ValueError(f"image ids must be in 0..2^31-1, got range {int(ids.min())}..{int(ids.max())}")
-    if xy is None:
-        x = y = torch.full_like(ids, NO_XY)
-    else:
-        xy = torch.as_tensor(xy).long()
-        if xy.shape != (len(ids), 2):
-            raise ValueError(f"xy must be [n, 2] (x, y) with n = {len(ids)} vectors, got {list(xy.shape)}")
-        if xy.numel() and (xy.min() < 0 or xy.max() > _MAX_XY):
-            raise ValueError(f"x and y must be in 0..{_MAX_XY}, got range {int(xy.min())}..{int(xy.max())}")
-        x, y = xy[:, 0], xy[:, 1]
-    return ((ids << 32) | (y << 16) | x).cpu().numpy().astype(np.int64)
-
-
-def unpack_labels(labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:  # [..] -> image ids, [.., 2] xy
-    lab = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    missing = lab < 0
-    image = torch.where(missing, -1, lab >> 32)
-    x, y = lab & 0xFFFF, (lab >> 16) & 0xFFFF
-    xy = torch.stack([x, y], dim=-1)
-    return image, torch.where((missing | (x == NO_XY))[..., None], -1, xy)
 
 
 def default_pq_bytes(dim: int) -> int:
@@ -258,12 +230,7 @@ class FeatureIndex:
         if feat.ndim != 3:
             raise ValueError(f"feat must be a feature map [C, h, w], got {list(feat.shape)}")
         c, h, w = feat.shape
-        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        xy = torch.stack([xs.flatten(), ys.flatten()], 1).double()
-        if image_size is not None:
-            W, H = image_size
-            xy = ((xy + 0.5) * xy.new_tensor([W / w, H / h]) - 0.5).round().clamp_min(0)
-        return self.add(feat.reshape(c, h * w).T, image_id, xy.long())
+        return self.add(feat.reshape(c, h * w).T, image_id, cell_pixel_labels(h, w, image_size))
 
     def add_pooled(self, feats: torch.Tensor, image_ids: Sequence[int] | torch.Tensor) -> FeatureIndex:
         """Add one image-level vector per map of ``feats`` [B, C, h, w] (see :func:`pooled_descriptors`)."""
@@ -307,7 +274,7 @@ class FeatureIndex:
 
     # -- persistence ----------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the index and its metadata to one file, atomically (a temporary name, then a rename)."""
+        """Write the index and its metadata to one file, atomically (:mod:`dift_fast.atomic`)."""
         from safetensors.numpy import save_file
 
         faiss = import_faiss()
@@ -317,13 +284,8 @@ class FeatureIndex:
                   "m": self.m, "nbits": self.nbits, "nprobe": self.nprobe, "refine": self.refine,
                   "refine_k_factor": self.refine_k_factor, "meta": self.meta}
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
+        with atomic_path(path) as tmp:
             save_file({"faiss": blob}, str(tmp), metadata={"header": json.dumps(header)})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
@@ -401,79 +363,3 @@ def _resolve_gpus(device: str) -> tuple[int, ...]:
             raise ValueError(f"device={device!r} but faiss sees {count} GPU(s)")
         return (gpu,)
     raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'all', got {device!r}")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Finding points in a gallery
-
-
-def pooled_descriptors(feats: torch.Tensor) -> torch.Tensor:  # [B, C, h, w] or [C, h, w] -> [B, C]
-    """Image-level descriptors: the mean of the L2-normalised cell descriptors, L2-normalised."""
-    if feats.ndim == 3:
-        feats = feats[None]
-    if feats.ndim != 4:
-        raise ValueError(f"feats must be [B, C, h, w] or [C, h, w], got {list(feats.shape)}")
-    return F.normalize(F.normalize(feats.float(), dim=1).mean(dim=(2, 3)), dim=1)
-
-
-@dataclass(frozen=True)
-class PointHits:
-    """Where the query points land in the best gallery images."""
-
-    image_ids: torch.Tensor  # [K] long: retrieved images, best first
-    image_scores: torch.Tensor  # [K] float32: pooled-descriptor cosine
-    points: torch.Tensor  # [N, K, 2] long (x, y): each query point transferred into each image
-    scores: torch.Tensor  # [N, K] float32: cosine of each transfer
-
-
-GalleryLookup = Callable[[int], tuple[torch.Tensor, tuple[int, int]]]
-
-
-def find_points(
-    index: FeatureIndex,
-    query_feat: torch.Tensor,  # [C, h, w]
-    query_size: tuple[int, int],  # (W, H)
-    points: torch.Tensor | Sequence[Sequence[int]],  # [N, 2] (x, y) pixels of the query image
-    gallery: GalleryLookup | Any,
-    *,
-    top_images: int = 10,
-    exclude: int | None = None,
-) -> PointHits:
-    """Find query points in a gallery: image-level retrieval on pooled descriptors, then exact point transfer.
-
-    Args:
-        index: a cosine index of pooled descriptors (:meth:`FeatureIndex.add_pooled`), image ids = gallery ids.
-        query_feat: the query image's feature map ``[C, h, w]``.
-        query_size: (width, height) of the query image.
-        points: ``[N, 2]`` pixel coordinates (x, y) in the query image.
-        gallery: a :class:`dift_fast.io.FeatureFile`, or a function ``image_id -> (feat [C, h, w], (W, H))``.
-        top_images: K, the number of retrieved images to transfer the points into.
-        exclude: an image id to leave out (the query itself, when it is part of the gallery).
-
-    Returns:
-        :class:`PointHits` with the K images (best first) and the transferred points and their cosines.
-    """
-    lookup = _gallery_lookup(gallery)
-    want = top_images + (exclude is not None)
-    found = index.search(pooled_descriptors(query_feat), min(want, index.ntotal))
-    keep = found.image_ids[0] >= 0
-    if exclude is not None:
-        keep &= found.image_ids[0] != exclude
-    ids, img_scores = found.image_ids[0][keep][:top_images], found.scores[0][keep][:top_images]
-    if len(ids) == 0:
-        raise ValueError("no gallery image left to search (the index holds only the excluded query image)")
-    pts, scores = [], []
-    for image_id in ids.tolist():
-        feat, size = lookup(image_id)
-        xy, cos = match_points(query_feat, feat.to(query_feat.device), points, query_size, size)
-        pts.append(xy.cpu())
-        scores.append(cos.cpu())
-    return PointHits(ids, img_scores, torch.stack(pts, 1), torch.stack(scores, 1))
-
-
-def _gallery_lookup(gallery: GalleryLookup | Any) -> GalleryLookup:
-    if callable(gallery):
-        return gallery
-    if hasattr(gallery, "features") and hasattr(gallery, "original_sizes"):
-        return lambda i: (gallery.features[i], tuple(gallery.original_sizes[i]))
-    raise TypeError(f"gallery must be a FeatureFile or a function image_id -> (feat, (W, H)), got {type(gallery)}")

@@ -1,4 +1,4 @@
-"""Point transfer, keypoint descriptors and mutual nearest neighbours between DIFT feature maps (spec §4).
+"""Exact point transfer between two DIFT feature maps (spec §4): the literal reference and the fast twin.
 
 ``match_points_reference`` computes the spec literally (upsample both maps, normalise, cosine argmax) and is the
 oracle. ``match_points`` gives the same answer without materialising the upsampled C-channel maps:
@@ -16,67 +16,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-__all__ = [
-    "check_points",
-    "cosine_maps",
-    "dense_mutual_nearest_neighbors",
-    "match_points",
-    "match_points_reference",
-    "mutual_nearest_neighbors",
-    "sample_descriptors",
-]
+from .checks import check_map, check_points, check_size
+
+__all__ = ["cosine_maps", "match_points", "match_points_reference"]
 
 _EPS = 1e-12  # F.normalize's default eps: a zero vector has cosine 0 with everything
 _CHUNK_BYTES = 64 << 20  # default budget for one chunk of [n, Ht, Wt] float32 cosine maps
 _GRAM_BLOCK = 16  # columns per batched Gram block: 2·h·(b+1)²·C multiply-adds per block
-
-
-def check_points(points: torch.Tensor, size: tuple[int, int], name: str = "points") -> torch.Tensor:
-    """Validate integer pixel points [N, 2] (x, y) against an image ``size`` (W, H); returns a long tensor."""
-    pts = torch.as_tensor(points)
-    if pts.ndim != 2 or pts.shape[-1] != 2:
-        raise ValueError(f"{name} must be [N, 2] (x, y) pixel coordinates, got shape {list(pts.shape)}")
-    if pts.is_floating_point():
-        if not torch.isfinite(pts).all():
-            raise ValueError(f"{name} contains NaN or Inf")
-        pts = pts.round()
-    pts = pts.long()
-    w, h = size
-    bad = (pts[:, 0] < 0) | (pts[:, 0] >= w) | (pts[:, 1] < 0) | (pts[:, 1] >= h)
-    if bad.any():
-        i = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"{name}[{i}] = ({int(pts[i, 0])}, {int(pts[i, 1])}) is outside the {w}x{h} image "
-            f"(x must be in 0..{w - 1}, y in 0..{h - 1})"
-        )
-    return pts
-
-
-def _check_map(feat: torch.Tensor, name: str) -> torch.Tensor:
-    if not isinstance(feat, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor [C, h, w], got {type(feat).__name__}")
-    if feat.ndim == 4 and feat.shape[0] == 1:
-        feat = feat[0]
-    if feat.ndim != 3:
-        raise ValueError(f"{name} must be a feature map [C, h, w] (or [1, C, h, w]), got {list(feat.shape)}")
-    if 0 in feat.shape:
-        raise ValueError(f"{name} is empty: shape {list(feat.shape)}")
-    return feat
-
-
-def _check_size(size: Sequence[int], name: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in size)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be (width, height), got {size!r}") from None
-    if w <= 0 or h <= 0:
-        raise ValueError(f"{name} must be a positive (width, height), got {size!r}")
-    return w, h
 
 
 def match_points_reference(
@@ -91,7 +41,7 @@ def match_points_reference(
     Memory and work are C x Ht x Wt per pair; use :func:`match_points` for anything beyond a check.
     Ties go to the first maximum in row-major order (``torch.argmax``).
     """
-    src_feat, tgt_feat = _check_map(src_feat, "src_feat"), _check_map(tgt_feat, "tgt_feat")
+    src_feat, tgt_feat = check_map(src_feat, "src_feat"), check_map(tgt_feat, "tgt_feat")
     if src_feat.shape[0] != tgt_feat.shape[0]:
         raise ValueError(f"feature dimensions differ: src {src_feat.shape[0]}, tgt {tgt_feat.shape[0]}")
     pts = check_points(torch.as_tensor(src_points), src_size, "src_points").to(src_feat.device)
@@ -104,10 +54,6 @@ def match_points_reference(
     cos = q @ tgt  # [N, Ht*Wt]
     best, idx = cos.max(dim=1)
     return torch.stack([idx % wt, idx // wt], dim=1), best
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Fast exact point transfer
 
 
 @functools.lru_cache(maxsize=64)
@@ -234,7 +180,7 @@ def _prepare_pair(
     src_size: tuple[int, int],
     tgt_size: tuple[int, int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int], tuple[int, int]]:
-    src_feat, tgt_feat = _check_map(src_feat, "src_feat"), _check_map(tgt_feat, "tgt_feat")
+    src_feat, tgt_feat = check_map(src_feat, "src_feat"), check_map(tgt_feat, "tgt_feat")
     if src_feat.shape[0] != tgt_feat.shape[0]:
         raise ValueError(
             f"feature dimensions differ: src_feat has {src_feat.shape[0]} channels, tgt_feat {tgt_feat.shape[0]}; "
@@ -242,7 +188,7 @@ def _prepare_pair(
         )
     if src_feat.device != tgt_feat.device:
         raise ValueError(f"src_feat is on {src_feat.device} but tgt_feat on {tgt_feat.device}; move both to one device")
-    src_size, tgt_size = _check_size(src_size, "src_size"), _check_size(tgt_size, "tgt_size")
+    src_size, tgt_size = check_size(src_size, "src_size"), check_size(tgt_size, "tgt_size")
     pts = check_points(torch.as_tensor(src_points), src_size, "src_points").to(src_feat.device)
     return src_feat.float().contiguous(), tgt_feat.float().contiguous(), pts, src_size, tgt_size
 
@@ -348,159 +294,3 @@ def cosine_maps(
     return torch.cat([cos for _, cos in _cosine_chunks(src_feat, tgt_feat, pts, src_size, tgt_size, None)]).view(
         -1, H, W
     )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Descriptors at keypoints and mutual nearest neighbours
-
-
-def sample_descriptors(
-    feat: torch.Tensor,  # [C, h, w]
-    points: torch.Tensor,  # [N, 2] float (x, y) in image pixels
-    image_size: tuple[int, int],  # (W, H) of the original image
-    convention: Literal["reference", "aligned"] = "reference",
-) -> torch.Tensor:  # [N, C]
-    """Bilinear descriptors at keypoints (``grid_sample`` semantics), not normalised.
-
-    Args:
-        feat: feature map ``[C, h, w]`` (or ``[1, C, h, w]``).
-        points: ``[N, 2]`` (x, y) pixel coordinates in the original image; fractional allowed.
-        image_size: (width, height) of the original image.
-        convention: ``"reference"``: the DIFT HPatches code, g = (p − c)/c with c = ((W−1)/2, (H−1)/2) and
-            grid_sample(align_corners=False, zero padding), which is half a feature cell off at the borders.
-            ``"aligned"``: pixel centres, g = (2p + 1)/(W, H) − 1 with border padding; at integer pixels this
-            equals reading the bilinearly upsampled map, i.e. the query vector of :func:`match_points`.
-
-    Returns:
-        ``[N, C]`` float32 descriptors.
-    """
-    feat = _check_map(feat, "feat").float()
-    W, H = _check_size(image_size, "image_size")
-    pts = torch.as_tensor(points, device=feat.device)
-    if pts.ndim != 2 or pts.shape[-1] != 2:
-        raise ValueError(f"points must be [N, 2] (x, y), got shape {list(pts.shape)}")
-    pts = pts.float()
-    if not torch.isfinite(pts).all():
-        raise ValueError("points contains NaN or Inf")
-    size = pts.new_tensor([W, H])
-    if convention == "reference":
-        c = (size - 1) / 2
-        grid, padding = (pts - c) / c.clamp_min(0.5), "zeros"  # W == 1: the reference divides by zero; keep finite
-    elif convention == "aligned":
-        grid, padding = (2 * pts + 1) / size - 1, "border"
-    else:
-        raise ValueError(f"convention must be 'reference' or 'aligned', got {convention!r}")
-    out = F.grid_sample(feat[None], grid[None, None], mode="bilinear", padding_mode=padding, align_corners=False)
-    return out[0, :, 0].T.contiguous()
-
-
-def _check_desc(desc: torch.Tensor, name: str) -> torch.Tensor:
-    if not isinstance(desc, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor [N, C], got {type(desc).__name__}")
-    if desc.ndim != 2:
-        raise ValueError(f"{name} must be descriptors [N, C], got shape {list(desc.shape)}")
-    return desc.float().contiguous()
-
-
-def mutual_nearest_neighbors(
-    desc0: torch.Tensor,  # [N, C]
-    desc1: torch.Tensor,  # [M, C]
-    *,
-    metric: Literal["cosine", "l2"] = "cosine",
-    min_score: float | None = None,
-    ratio: float | None = None,
-    backend: Literal["auto", "faiss", "torch"] = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mutual nearest neighbours between two descriptor sets, LightGlue conventions.
-
-    Args:
-        desc0: ``[N, C]`` descriptors of image 0.
-        desc1: ``[M, C]`` descriptors of image 1 (same C, same device).
-        metric: ``"cosine"`` (descriptors are L2-normalised first; score = cosine similarity) or ``"l2"``
-            (score = Euclidean distance, lower is better).
-        min_score: keep matches with cosine ≥ min_score (cosine) or distance ≤ min_score (l2).
-        ratio: Lowe's ratio test on distances (d1/d2 < ratio), applied in both directions; for cosine the
-            distance is that of the normalised descriptors, √(2 − 2·cos).
-        backend: ``"faiss"`` (IndexFlatIP/L2; a GPU index for CUDA tensors when faiss has GPU support),
-            ``"torch"`` (chunked matmul), or ``"auto"`` (faiss when installed).
-
-    Returns:
-        ``(matches0 [N] long, scores0 [N] float32)``: index into desc1 or −1; unmatched scores are 0 (cosine)
-        or +inf (l2).
-    """
-    from .faiss_utils import knn
-
-    desc0, desc1 = _check_desc(desc0, "desc0"), _check_desc(desc1, "desc1")
-    if desc0.shape[1] != desc1.shape[1]:
-        raise ValueError(f"descriptor dimensions differ: desc0 is {list(desc0.shape)}, desc1 {list(desc1.shape)}")
-    if desc0.device != desc1.device:
-        raise ValueError(f"desc0 is on {desc0.device} but desc1 on {desc1.device}; move both to one device")
-    if metric not in ("cosine", "l2"):
-        raise ValueError(f"metric must be 'cosine' or 'l2', got {metric!r}")
-    if ratio is not None and not 0 < ratio <= 1:
-        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
-    n, m = len(desc0), len(desc1)
-    worst = 0.0 if metric == "cosine" else float("inf")
-    matches0 = torch.full((n,), -1, dtype=torch.long, device=desc0.device)
-    scores0 = torch.full((n,), worst, device=desc0.device)
-    if n == 0 or m == 0:
-        return matches0, scores0
-    if metric == "cosine":
-        desc0, desc1 = F.normalize(desc0, dim=1), F.normalize(desc1, dim=1)
-    k = 2 if ratio is not None and min(n, m) >= 2 else 1
-    s01, i01 = knn(desc1, desc0, k, metric=metric, backend=backend)  # [N, k]: best in desc1 for each desc0
-    s10, i10 = knn(desc0, desc1, k, metric=metric, backend=backend)  # [M, k]
-    best1 = i01[:, 0]
-    ok = i10[best1, 0] == torch.arange(n, device=desc0.device)
-    score = s01[:, 0]
-    if min_score is not None:
-        ok &= score >= min_score if metric == "cosine" else score <= min_score
-    if k == 2:
-        ok &= _passes_ratio(s01, metric, ratio) & _passes_ratio(s10, metric, ratio)[best1]
-    matches0[ok] = best1[ok]
-    scores0[ok] = score[ok]
-    return matches0, scores0
-
-
-def _passes_ratio(scores: torch.Tensor, metric: str, ratio: float) -> torch.Tensor:  # [n, 2] -> [n] bool
-    dist = (2 - 2 * scores).clamp_min(0).sqrt() if metric == "cosine" else scores
-    return dist[:, 0] < ratio * dist[:, 1]
-
-
-def dense_mutual_nearest_neighbors(
-    feat0: torch.Tensor,  # [C, h0, w0]
-    feat1: torch.Tensor,  # [C, h1, w1]
-    *,
-    size0: tuple[int, int] | None = None,
-    size1: tuple[int, int] | None = None,
-    metric: Literal["cosine", "l2"] = "cosine",
-    min_score: float | None = None,
-    ratio: float | None = None,
-    backend: Literal["auto", "faiss", "torch"] = "auto",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mutual nearest neighbours between every cell of two feature maps.
-
-    Args:
-        feat0, feat1: feature maps ``[C, h, w]``.
-        size0, size1: optional (W, H) of the original images: coordinates are then pixel centres of the cells,
-            ((x + 0.5)·W/w − 0.5, (y + 0.5)·H/h − 0.5); otherwise feature-cell indices.
-        metric, min_score, ratio, backend: as :func:`mutual_nearest_neighbors`.
-
-    Returns:
-        ``(pts0 [K, 2] float32 (x, y), pts1 [K, 2] float32 (x, y), scores [K])`` of the K mutual matches.
-    """
-    feat0, feat1 = _check_map(feat0, "feat0"), _check_map(feat1, "feat1")
-    m0, s0 = mutual_nearest_neighbors(feat0.flatten(1).T, feat1.flatten(1).T, metric=metric, min_score=min_score,
-                                      ratio=ratio, backend=backend)
-    i0 = (m0 >= 0).nonzero()[:, 0]
-    i1 = m0[i0]
-    return _cell_xy(i0, feat0, size0), _cell_xy(i1, feat1, size1), s0[i0]
-
-
-def _cell_xy(flat: torch.Tensor, feat: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
-    h, w = feat.shape[1:]
-    xy = torch.stack([flat % w, flat // w], dim=1).float()
-    if size is None:
-        return xy
-    W, H = _check_size(size, "size")
-    return (xy + 0.5) * xy.new_tensor([W / w, H / h]) - 0.5

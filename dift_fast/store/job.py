@@ -1,0 +1,66 @@
+"""What a store run is asked to do (:class:`StoreJob`), and the extractor and identity it implies.
+
+The orchestrators (``runner`` for one process, ``parallel`` for one process per device, ``ray_data`` for a Ray
+cluster) all import this module and none of them imports another's internals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..backend_options import BackendOptions
+from ..config import DiftConfig
+from .identity import StoreDtype, identity_of
+
+__all__ = ["StoreJob", "job_identity", "load_job_extractor"]
+
+
+@dataclass
+class StoreJob:
+    """Everything a store run needs (picklable: multi-device workers and Ray actors receive it).
+
+    Three kinds of workers, each its own field: ``decode_workers`` threads decode images ahead of the network in
+    every process; ``devices`` starts one worker process per device on this machine; ``ray_workers`` is the number
+    of Ray actors (one extractor each) on a Ray cluster.
+    """
+
+    inputs: list[str]  # one ROOT folder, or image files / globs (local or fsspec URLs)
+    out: str  # store folder
+    config: DiftConfig
+    store_dtype: StoreDtype = "fp16"
+    pca_dim: int | None = None  # reduce channels to this many with a PCA; None keeps all
+    pca_sample: int = 64  # images the PCA is fitted on
+    overwrite: bool = False  # delete an existing store (also one made with other settings)
+    resume: bool = False  # require an existing store
+    decode_workers: int = 2  # decode threads per process; 0: decode in the loop (sequential)
+    batch_size: int | None = None  # None: the config's on CPU, from free memory on CUDA
+    devices: list[str] | None = None  # one worker process per device when several; None: config.device
+    ray_address: str | None = None  # run on a Ray cluster ("local", "auto" or ray://host:port)
+    ray_workers: int | None = None  # Ray actors (default: GPUs in the cluster, or 2 without GPUs)
+    progress: bool = False
+    fsync: bool = True  # flush each feature file to disk before it is renamed into place
+    backend_options: BackendOptions | None = None  # OrtOptions/TrtOptions for config.backend (None: defaults)
+
+
+def load_job_extractor(job: StoreJob, device: str | None) -> Any:
+    """The job's extractor on ``device`` (None: the config's device)."""
+    from ..extractor import DiftExtractor
+
+    config = job.config if device is None else job.config.replace(device=device)
+    return DiftExtractor.from_pretrained(config=config, backend_options=job.backend_options)
+
+
+def job_identity(job: StoreJob, extractor: Any = None, device: str | None = None) -> dict[str, Any]:
+    """The store identity ``job`` writes: from a loaded ``extractor``, else from the config (nothing is loaded)."""
+    if extractor is not None:
+        return identity_of(extractor.config, extractor.components.folder, extractor.dtype, job.store_dtype,
+                           job.pca_dim, job.pca_sample)
+    from ..extractor import resolve_device, resolve_dtype
+    from ..loading import resolve_model_folder
+
+    folder = resolve_model_folder(job.config.model, job.config.revision)
+    dtype = resolve_dtype(job.config.dtype, torch.device(device) if device else resolve_device(None))
+    return identity_of(job.config, folder, dtype, job.store_dtype, job.pca_dim, job.pca_sample)

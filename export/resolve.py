@@ -1,0 +1,126 @@
+"""Which export a backend runs: the given folder after checking it fits the model, or a new (cached) export.
+
+Checking that an export was made from the model's weights means hashing the UNet and VAE weights (~3.5 GB for SD
+2.1), so a successful check is remembered: a small marker under ``cache_root()/export-checks`` keyed by the
+export's weights hash, its block, and the (size, mtime, ctime, inode) of every file in the model's ``unet/`` and
+``vae/`` folders. While those files are unchanged, the next backend built on the same model and export loads
+neither the UNet nor the VAE and hashes nothing. Components whose networks are already in memory are always
+hashed: their weights may have been changed after loading.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dift_fast.atomic import write_atomic
+from dift_fast.backend_options import BackendOptions, backend_options_for
+from dift_fast.cache import cache_root
+from dift_fast.loading import load_networks
+
+from .graphs import export_onnx
+from .keys import weights_hash
+from .manifest import MANIFEST_NAME, ManifestError, load_manifest, stable_hash
+from .precision import dtype_name
+
+__all__ = ["backend_export", "model_files_signature", "resolve_export", "verify_export_weights"]
+
+logger = logging.getLogger(__name__)
+
+CHECKS_SUBDIR = "export-checks"
+
+
+def model_files_signature(folder: Path) -> list[list[Any]]:
+    """(name, size, mtime, ctime, inode, device) of every file in ``unet/`` and ``vae/``: changes when they do."""
+    out = []
+    for comp in ("unet", "vae"):
+        d = Path(folder) / comp
+        for f in sorted(d.iterdir()) if d.is_dir() else ():
+            st = f.stat()
+            if f.is_file():
+                out.append([f"{comp}/{f.name}", st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev])
+    return out
+
+
+def _check_marker(components: Any, manifest: dict[str, Any]) -> Path:
+    key = stable_hash({"weights_sha256": manifest["model"]["weights_sha256"], "up_ft_index": manifest["up_ft_index"],
+                       "folder": str(Path(components.folder).resolve()),
+                       "files": model_files_signature(components.folder)})
+    return cache_root() / CHECKS_SUBDIR / f"{key[:32]}.json"
+
+
+def verify_export_weights(components: Any, manifest: dict[str, Any], folder: Path) -> None:
+    """Raise ValueError when the export in ``folder`` was not made from ``components``' UNet and VAE weights.
+
+    Components without networks in memory are checked against their files: through a remembered check when the
+    files are unchanged since, else by loading and hashing the weights once (they are dropped afterwards).
+    """
+    in_memory = components.has_networks
+    marker = None if in_memory else _check_marker(components, manifest)
+    if marker is not None and marker.is_file():
+        return
+    if in_memory:
+        unet, vae = components.unet, components.vae
+    else:
+        logger.info("checking export %s against the weights of %s (once)", folder, components.folder)
+        unet, vae = load_networks(components.folder, components.up_ft_index)
+    if manifest["model"]["weights_sha256"] != weights_hash(unet, vae):
+        raise ValueError(f"export {folder} was made from other weights ({manifest['model']['id']}) than the "
+                         f"loaded model ({components.model_id}); export this model or pass its --model")
+    if marker is not None:
+        _remember_check(marker, components, folder)
+
+
+def _remember_check(marker: Path, components: Any, folder: Path) -> None:
+    try:
+        write_atomic(marker, json.dumps({"export": str(folder), "model": str(components.folder)}) + "\n")
+    except OSError as err:  # a read-only cache only costs the next run another check
+        logger.debug("could not remember the export check in %s: %s", marker, err)
+
+
+def resolve_export(components: Any, dtype: torch.dtype, export_dir: str | os.PathLike | None, *,
+                   no_build: bool = False, check_weights: bool = True) -> tuple[Path, dict[str, Any]]:
+    """The export folder to run: ``export_dir`` when it holds an export, else a new (cached) dynamic-size export.
+
+    An existing export must be of the same model (weights hash) and block; its dtype wins over ``dtype``.
+    """
+    if export_dir is not None and (Path(export_dir) / MANIFEST_NAME).is_file():
+        folder = Path(export_dir)
+        manifest = load_manifest(folder)
+        if manifest["up_ft_index"] != components.up_ft_index:
+            raise ValueError(f"export {folder} is of up block {manifest['up_ft_index']}, the extractor wants "
+                             f"up_ft_index={components.up_ft_index}; export again with --up-ft-index")
+        if check_weights:
+            verify_export_weights(components, manifest, folder)
+        want = dtype_name(dtype) or str(dtype)
+        if manifest["dtype"] != want:
+            logger.warning("export %s holds %s graphs; running them in %s (the requested %s does not apply)",
+                           folder, manifest["dtype"], manifest["dtype"], want)
+        return folder, manifest
+    if no_build:
+        where = export_dir if export_dir is not None else "the export cache"
+        raise ManifestError(f"no export in {where} and no_build is set; run `dift-fast export --out DIR` first")
+    name = dtype_name(dtype)
+    if name is None:
+        raise ValueError(f"dtype {dtype} cannot be exported; use fp32, fp16 or bf16")
+    logger.info("exporting ONNX graphs (dynamic size, %s) for the onnxruntime or tensorrt backend", name)
+    loaded_here = not components.has_networks
+    folder, manifest = export_onnx(components, export_dir, dtype=name, dynamic_size=True)
+    if loaded_here:  # read from the files just now: the new export is checked, and the backend runs its graphs
+        _remember_check(_check_marker(components, manifest), components, folder)
+        components.unet = components.vae = None
+    return folder, manifest
+
+
+def backend_export(backend: str, components: Any, dtype: torch.dtype, options: BackendOptions | dict[str, Any] | None,
+                   **kwargs: Any) -> tuple[Any, Path, dict[str, Any]]:
+    """An accelerated backend's validated options (from a dataclass, a dict or keywords) and the export it runs."""
+    opts = backend_options_for(backend, options, **kwargs)
+    folder, manifest = resolve_export(components, dtype, opts.export_dir, no_build=opts.no_build,
+                                      check_weights=opts.check_weights)
+    return opts, folder, manifest
