@@ -51,7 +51,7 @@ def _read_cache() -> dict[str, dict[str, Any]]:
 
 
 def _write_cache(path_key: str, entry: dict[str, Any]) -> None:
-    from .backbones._atomic import atomic_path
+    from .atomic import atomic_path
 
     files = _read_cache()
     files.pop(path_key, None)

@@ -93,15 +93,12 @@ def _to_scores(scores: Any, n: int, what: str) -> np.ndarray | None:
 
 
 def _save(fig: Any, out_path: str | os.PathLike) -> Path:
-    """Write the PNG under a temporary name and rename it, so a failure leaves no half-written picture."""
+    """Write the PNG atomically (:mod:`dift_fast.atomic`), so a failure leaves no half-written picture."""
+    from .atomic import atomic_path
+
     path = Path(out_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -87,7 +87,7 @@ def _read_cached(path: Path, target_shapes: dict[str, tuple[int, ...]]) -> dict[
 def _write_cached(path: Path, state: dict[str, torch.Tensor], source: Path) -> None:
     from safetensors.torch import save_file
 
-    from ._atomic import atomic_path
+    from ..atomic import atomic_path
 
     try:
         with atomic_path(path) as tmp:

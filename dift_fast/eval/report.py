@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_atomic
 from ..config import PRESETS, DiftConfig
 from .reported import PROTOCOL_PRESET, REPORTED, REPORTED_SOURCE
 
@@ -120,6 +121,6 @@ def write_report(report: Report, out_dir: str | os.PathLike) -> tuple[Path, Path
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / f"{report.benchmark}.json", out / f"{report.benchmark}.md"
-    json_path.write_text(json.dumps(_finite(report.to_dict()), indent=2, default=str) + "\n")
-    md_path.write_text(to_markdown(report))
+    write_atomic(json_path, json.dumps(_finite(report.to_dict()), indent=2, default=str) + "\n")
+    write_atomic(md_path, to_markdown(report))
     return json_path, md_path

@@ -73,7 +73,7 @@ def _dift_identity(config: DiftConfig, store: Any) -> tuple[dict[str, Any], bool
     from ..config import TINY_MODEL
     from ..extractor import resolve_device, resolve_dtype
     from ..loading import resolve_model_folder
-    from ..store.store import identity_of
+    from ..store.identity import identity_of
 
     folder = resolve_model_folder(config.model, config.revision)
     index = folder / "model_index.json"
