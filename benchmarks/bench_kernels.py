@@ -105,15 +105,15 @@ def main() -> None:
         ("ensemble_latents", "native"): (latents_bytes, lambda: ops.ensemble_latents(
             mean, std, keys, 0, e, SQRT_A, SQRT_1MA, SCALE, dtype, use_native=True)),
         ("ensemble_latents", "torch ops"): (latents_bytes, lambda: torch_latents(mean, std, e, dtype)),
-        ("ensemble_reduce", "native"): (reduce_bytes, lambda: ops.ensemble_reduce(
-            feats, e, normalized=True, use_native=True)),
+        ("ensemble_reduce", "native"): (reduce_bytes, lambda: ops.ensemble_reduce_normalized(
+            feats, e, use_native=True)),
         ("ensemble_reduce", "torch ops"): (reduce_bytes, lambda: torch_reduce(feats, e)),
     }
     if not on_gpu:  # the pure-torch twins (numpy Philox for the noise): what the engine runs without the kernels
         runs[("ensemble_latents", "twin")] = (latents_bytes, lambda: ops.ensemble_latents(
             mean, std, keys, 0, e, SQRT_A, SQRT_1MA, SCALE, dtype, use_native=False))
-        runs[("ensemble_reduce", "twin")] = (reduce_bytes, lambda: ops.ensemble_reduce(
-            feats, e, normalized=True, use_native=False))
+        runs[("ensemble_reduce", "twin")] = (reduce_bytes, lambda: ops.ensemble_reduce_normalized(
+            feats, e, use_native=False))
     peak = None
     copy_gbs = None
     if on_gpu:
@@ -141,7 +141,7 @@ def main() -> None:
     # answers: the latents kernel is the twin exactly (the contract noise); the reduce kernel matches torch
     twin = ops.ensemble_latents(mean, std, keys, 0, e, SQRT_A, SQRT_1MA, SCALE, dtype, use_native=False)
     native = ops.ensemble_latents(mean, std, keys, 0, e, SQRT_A, SQRT_1MA, SCALE, dtype, use_native=True)
-    m_native, n_native = ops.ensemble_reduce(feats, e, normalized=True, use_native=True)
+    m_native, n_native = ops.ensemble_reduce_normalized(feats, e, use_native=True)
     m_torch, n_torch = torch_reduce(feats, e)
     checks = {
         "latents_equal_twin_fraction": (native == twin).float().mean().item(),

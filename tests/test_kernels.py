@@ -17,9 +17,19 @@ from test_noise import KAT  # tests/ is on sys.path (rootdir-relative, no packag
 
 from dift_fast import _native, _torch_impl, noise, ops
 
-C = pytest.importorskip("dift_fast._C", reason="the native extension dift_fast._C is not built")
+C = pytest.importorskip("dift_fast._C", reason=f"dift_fast._C is not built: {_native.build_record()['reason']}")
 
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+def cuda_kernels_skip_reason() -> str | None:
+    """Why the CUDA kernel tests cannot run here (no GPU, or a build without usable CUDA kernels), or None."""
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU"
+    reason = _native.cuda_unusable_reason(torch.cuda.current_device())
+    return None if reason is None else f"the CUDA kernels cannot run here: {reason}"
+
+
+_CUDA_SKIP = cuda_kernels_skip_reason()
+needs_gpu = pytest.mark.skipif(_CUDA_SKIP is not None, reason=_CUDA_SKIP or "")
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SQRT_A, SQRT_1MA, SCALE = 0.80973, 0.58680, 0.18215  # t = 261, SD's VAE scaling factor
 
@@ -194,8 +204,8 @@ def test_latents_read_every_half_bit_pattern(in_dtype):
 @pytest.mark.parametrize(("b", "e", "c", "h", "w"), [(2, 3, 40, 9, 11), (1, 1, 5, 8, 8), (3, 4, 1, 3, 70)])
 def test_reduce_native_equals_twin(dtype, b, e, c, h, w):
     feats = torch.randn(b * e, c, h, w).to(dtype)
-    mean_n, norm_n = ops.ensemble_reduce(feats, e, normalized=True, use_native=True)
-    mean_t, norm_t = ops.ensemble_reduce(feats, e, normalized=True, use_native=False)
+    mean_n, norm_n = ops.ensemble_reduce_normalized(feats, e, use_native=True)
+    mean_t, norm_t = ops.ensemble_reduce_normalized(feats, e, use_native=False)
     torch.testing.assert_close(mean_n, mean_t, rtol=0, atol=0)
     assert norm_n.shape == (b, h, w, c) and norm_n.is_contiguous()
     # torch.linalg.vector_norm sums the C squares in its own order; the kernel uses a fixed chunked order
@@ -207,7 +217,7 @@ def test_reduce_native_equals_twin(dtype, b, e, c, h, w):
 def test_reduce_matches_torch_mean_and_normalize():
     b, e, c, h, w = 2, 8, 96, 12, 10
     feats = torch.randn(b * e, c, h, w, dtype=torch.float16)
-    mean, normed = ops.ensemble_reduce(feats, e, normalized=True, use_native=True)
+    mean, normed = ops.ensemble_reduce_normalized(feats, e, use_native=True)
     ref = feats.float().reshape(b, e, c, h, w).mean(1)
     # torch.mean may sum the 8 members in another order: a few float32 ulp of the largest partial sum
     torch.testing.assert_close(mean, ref, rtol=1e-6, atol=1e-6)
@@ -219,10 +229,10 @@ def test_reduce_matches_torch_mean_and_normalize():
 def test_reduce_zero_vectors_and_empty_batch():
     feats = torch.zeros(4, 3, 2, 2)
     feats[:, :, 0, 0] = 1.0
-    _mean, normed = ops.ensemble_reduce(feats, 2, normalized=True, use_native=True)
+    _mean, normed = ops.ensemble_reduce_normalized(feats, 2, use_native=True)
     assert normed[:, 1:].abs().sum() == 0 and normed[:, 1, 1].abs().sum() == 0
     torch.testing.assert_close(normed[:, 0, 0], torch.full((2, 3), 1 / math.sqrt(3)))
-    empty_mean, empty_norm = ops.ensemble_reduce(torch.zeros(0, 3, 2, 2), 2, normalized=True, use_native=True)
+    empty_mean, empty_norm = ops.ensemble_reduce_normalized(torch.zeros(0, 3, 2, 2), 2, use_native=True)
     assert empty_mean.shape == (0, 3, 2, 2) and empty_norm.shape == (0, 2, 2, 3)
 
 
@@ -412,8 +422,8 @@ def test_cuda_latents_equal_cpu(out_dtype):
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_cuda_reduce_equals_cpu(dtype):
     feats = torch.randn(3 * 4, 70, 9, 13).to(dtype)
-    mean_c, norm_c = ops.ensemble_reduce(feats, 4, normalized=True, use_native=True)
-    mean_g, norm_g = ops.ensemble_reduce(feats.cuda(), 4, normalized=True, use_native=True)
+    mean_c, norm_c = ops.ensemble_reduce_normalized(feats, 4, use_native=True)
+    mean_g, norm_g = ops.ensemble_reduce_normalized(feats.cuda(), 4, use_native=True)
     assert torch.equal(mean_g.cpu(), mean_c) and torch.equal(norm_g.cpu(), norm_c)  # same order, IEEE ops
     # torch on CUDA divides by E as a multiply by 1/E: exact for E = 4, so the twin matches bit for bit here
     torch.testing.assert_close(mean_g, ops.ensemble_reduce(feats.cuda(), 4, use_native=False), rtol=0, atol=0)
