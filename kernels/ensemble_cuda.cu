@@ -27,6 +27,12 @@ __global__ void __launch_bounds__(kLatentsBlock)
   }
 }
 
+// One plain 16-byte store (p 16-byte aligned). Written as PTX: from a float4 assignment nvcc split the fp32
+// kernel's store into four, and __stwb() became a STRONG.SM store in the SASS.
+__device__ __forceinline__ void store4(float* p, float a, float b, float c, float d) {
+  asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(a), "f"(b), "f"(c), "f"(d) : "memory");
+}
+
 // Block of 32 threads x kNormChunks channel chunks for a tile of 32·V pixels of one image: thread (x, y) averages
 // V consecutive pixels over the channels of chunk y, reading each member with one V-element (16-byte when V > 1)
 // load, coalesced along pixels, and sums the means' squares; then the block transposes its tile through shared
@@ -56,7 +62,7 @@ __global__ void __launch_bounds__(32 * kNormChunks, 3)
         if constexpr (V % 4 == 0) {
           DIFT_UNROLL
           for (int i = 0; i < V; i += 4) {
-            __stwb(reinterpret_cast<float4*>(dst + i), make_float4(m[i], m[i + 1], m[i + 2], m[i + 3]));
+            store4(dst + i, m[i], m[i + 1], m[i + 2], m[i + 3]);
           }
         } else {
           DIFT_UNROLL
