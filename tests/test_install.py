@@ -233,3 +233,16 @@ def test_all_extra_holds_every_feature_extra():
     features = [e for e in optional if e not in ("all", "dev")]
     assert "all" in optional and features
     assert sorted(checker.expand_extras(optional, ["all"])) == sorted(checker.expand_extras(optional, features))
+
+
+def test_info_says_which_build_is_in_use_and_what_runs_where():
+    from dift_fast.cli.info import kernel_lines
+
+    status = ops.kernel_status()
+    lines = kernel_lines(status, "cuda:0")
+    assert lines[0].startswith(f"kernels      build '{status['variant']}': ") and status["reason"] in lines[0]
+    cpu_line, cuda_line = lines[1], lines[2]
+    assert "on cpu: native kernels" in cpu_line if status["cpu"]["usable"] else "pure-torch twins" in cpu_line
+    if not status["cuda"]["usable"]:
+        assert "on cuda:0: pure-torch twins" in cuda_line and status["cuda"]["reason"] in cuda_line
+    assert len(kernel_lines(status, "cpu")) == 2  # no device line when the device is the CPU
