@@ -1,22 +1,29 @@
-"""Benchmark the native ensemble kernels against the torch ops they replace (issue 3).
+"""Benchmark the native ensemble kernels against the torch ops they replace, and their share of the engine's time.
 
 - ``ensemble_latents`` vs ``torch.randn`` ×2 + the arithmetic + the cast (same shapes; torch's own RNG);
-- ``ensemble_reduce`` vs ``mean`` over E + ``F.normalize`` + ``permute(...).contiguous()``.
+- ``ensemble_reduce`` (normalised) vs ``mean`` over E + ``F.normalize`` + ``permute(...).contiguous()``;
+- ``ensemble_mean``: the mean alone, what the extractor calls after every micro-batch.
 
 Reports the median time, the effective bandwidth (the bytes each op must move: inputs read once, outputs written
-once) and, on a GPU, its fraction of the card's peak and of a measured device-to-device copy. Also checks the
+once) and, on a GPU, its fraction of the card's peak and of a measured device-to-device copy. The noise kernel
+evaluates the contract's Box–Muller in float64 (log, sqrt, sin, cos) by design, so it is FP64-bound rather than
+memory-bound: what matters is its share of the end-to-end time. Given the engine's time per image at the same
+batch, ensemble size and image size (``--engine-ms-per-image``, or ``--engine-json`` from ``dift-fast bench
+--out``), it reports the share of that time spent in noise + ensemble mean (goal on a GPU: < 1 %). Also checks the
 answers: the latents kernel against its pure-torch twin (the contract noise), the reduce kernel against torch.
 
     python benchmarks/bench_kernels.py [--threads N]     # CPU: small sizes (< 1 min)
-    python benchmarks/bench_kernels.py --device cuda     # GPU: the H100 target, B=16, E=8, 768² (latent 96²,
-                                                         # up_ft_index 1 features 1280×48²), bf16
+    python benchmarks/bench_kernels.py --device cuda     # GPU: B=16, E=8, 768² (latent 96², up_ft_index 1
+                                                         # features 1280×48²), bf16
+    python benchmarks/bench_kernels.py --device cuda --engine-json bench.json   # + share of the engine's time
 
-Writes ``benchmarks/results/kernels-<device>.json`` and ``.md``.
+Writes ``benchmarks/results/kernels-<device>.json`` and ``.md`` (or ``--out FILE.json`` and ``FILE.md``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -25,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, median, timed, write_results
+from engine_time import engine_ms_from_json
 
 from dift_fast import ops
 
@@ -76,6 +84,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch and the kernels")
     parser.add_argument("--peak-gbs", type=float, default=None, help="peak memory bandwidth of the GPU, GB/s")
+    parser.add_argument("--engine-ms-per-image", type=float, default=None,
+                        help="the engine's time per image (ms) at the same B, E and size: report the kernels' share")
+    parser.add_argument("--engine-json", type=Path, default=None,
+                        help="read the engine's time per image from a `dift-fast bench --out` JSON instead")
+    parser.add_argument("--out", type=Path, default=None, help="write FILE.json and FILE.md here")
     for key in CONFIGS["cpu"]:
         parser.add_argument(f"--{key}", type=int, default=None)
     args = parser.parse_args()
@@ -101,19 +114,21 @@ def main() -> None:
 
     latents_bytes = 2 * mean.numel() * 4 + b * e * mean[0].numel() * item
     reduce_bytes = feats.numel() * item + 2 * b * c * f * f * 4
+    mean_bytes = feats.numel() * item + b * c * f * f * 4
     runs = {
         ("ensemble_latents", "native"): (latents_bytes, lambda: ops.ensemble_latents(
             mean, std, keys, 0, e, SQRT_A, SQRT_1MA, SCALE, dtype, use_native=True)),
         ("ensemble_latents", "torch ops"): (latents_bytes, lambda: torch_latents(mean, std, e, dtype)),
-        ("ensemble_reduce", "native"): (reduce_bytes, lambda: ops.ensemble_reduce(
-            feats, e, normalized=True, use_native=True)),
+        ("ensemble_reduce", "native"): (reduce_bytes, lambda: ops.ensemble_reduce_normalized(
+            feats, e, use_native=True)),
         ("ensemble_reduce", "torch ops"): (reduce_bytes, lambda: torch_reduce(feats, e)),
+        ("ensemble_mean", "native"): (mean_bytes, lambda: ops.ensemble_reduce(feats, e, use_native=True)),
     }
     if not on_gpu:  # the pure-torch twins (numpy Philox for the noise): what the engine runs without the kernels
         runs[("ensemble_latents", "twin")] = (latents_bytes, lambda: ops.ensemble_latents(
             mean, std, keys, 0, e, SQRT_A, SQRT_1MA, SCALE, dtype, use_native=False))
-        runs[("ensemble_reduce", "twin")] = (reduce_bytes, lambda: ops.ensemble_reduce(
-            feats, e, normalized=True, use_native=False))
+        runs[("ensemble_reduce", "twin")] = (reduce_bytes, lambda: ops.ensemble_reduce_normalized(
+            feats, e, use_native=False))
     peak = None
     copy_gbs = None
     if on_gpu:
@@ -141,7 +156,7 @@ def main() -> None:
     # answers: the latents kernel is the twin exactly (the contract noise); the reduce kernel matches torch
     twin = ops.ensemble_latents(mean, std, keys, 0, e, SQRT_A, SQRT_1MA, SCALE, dtype, use_native=False)
     native = ops.ensemble_latents(mean, std, keys, 0, e, SQRT_A, SQRT_1MA, SCALE, dtype, use_native=True)
-    m_native, n_native = ops.ensemble_reduce(feats, e, normalized=True, use_native=True)
+    m_native, n_native = ops.ensemble_reduce_normalized(feats, e, use_native=True)
     m_torch, n_torch = torch_reduce(feats, e)
     checks = {
         "latents_equal_twin_fraction": (native == twin).float().mean().item(),
@@ -149,6 +164,19 @@ def main() -> None:
         "reduce_mean_max_abs_diff_vs_torch": (m_native - m_torch).abs().max().item(),
         "reduce_normalized_max_abs_diff_vs_torch": (n_native - n_torch).abs().max().item(),
     }
+
+    # the share of the engine's time per image: the extractor runs ensemble_latents and ensemble_mean per batch
+    kernel_ms_per_image = sum(
+        r["median_ms"] for r in rows if r["impl"] == "native" and r["op"] in ("ensemble_latents", "ensemble_mean")
+    ) / b
+    engine_ms, engine_note = args.engine_ms_per_image, "given with --engine-ms-per-image"
+    if engine_ms is None and args.engine_json is not None:
+        engine_ms, engine_note = engine_ms_from_json(args.engine_json, b)
+    elif engine_ms is None:
+        engine_note = "no engine time given (--engine-ms-per-image or --engine-json)"
+    share = {"kernels_ms_per_image": kernel_ms_per_image, "engine_ms_per_image": engine_ms,
+             "fraction": kernel_ms_per_image / engine_ms if engine_ms else None, "note": engine_note,
+             "goal": "< 1 % on a GPU"}
 
     dev_name = torch.cuda.get_device_name(device) if on_gpu else "cpu"
     slug = "cpu" if not on_gpu else re.sub(r"[^a-z0-9]+", "-", dev_name.lower()).strip("-")
@@ -169,10 +197,24 @@ def main() -> None:
             line += f" {100 * r['fraction_of_copy']:.0f} |"
         lines.append(line)
     lines += ["", "Answers: " + ", ".join(f"{k} = {v:.3g}" for k, v in checks.items())]
+    if share["fraction"] is not None:
+        lines += ["", f"Noise + ensemble mean: {kernel_ms_per_image:.4f} ms per image = "
+                      f"{100 * share['fraction']:.2f} % of the engine's {engine_ms:.2f} ms per image "
+                      f"({engine_note}; goal < 1 % on a GPU)"]
+    else:
+        lines += ["", f"Noise + ensemble mean: {kernel_ms_per_image:.4f} ms per image; share of the engine's time "
+                      f"not computed: {engine_note}"]
     table = "\n".join(lines) + "\n"
     payload = {"machine": machine(), "device": dev_name, "config": cfg, "dtype": args.dtype, "repeats": repeats,
-               "peak_gbs": peak, "copy_gbs": copy_gbs, "kernel_status": status, "rows": rows, "checks": checks}
-    path = write_results(f"kernels-{slug}", payload, table)
+               "peak_gbs": peak, "copy_gbs": copy_gbs, "kernel_status": status, "rows": rows, "checks": checks,
+               "share_of_engine": share}
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(payload, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(table)
+        path = args.out
+    else:
+        path = write_results(f"kernels-{slug}", payload, table)
     print(table)
     print(f"wrote {path}")
 

@@ -19,8 +19,10 @@ def ensemble_noise(
 ) -> torch.Tensor:  # [B, E, *latent_shape] float32 (CPU)
     """Twin of the noise part of ``ensemble_latents``: the contract's normals for each image key."""
     numel = int(np.prod(latent_shape))
-    out = np.stack([ensemble_normals(k, seed, ensemble_size, numel, stream) for k in keys]) if keys else np.zeros(
-        (0, ensemble_size, numel), np.float32
+    out = (
+        np.stack([ensemble_normals(k, seed, ensemble_size, numel, stream) for k in keys])
+        if keys
+        else np.zeros((0, ensemble_size, numel), np.float32)
     )
     return torch.from_numpy(out).reshape(len(keys), ensemble_size, *latent_shape)
 
@@ -62,12 +64,10 @@ def ensemble_latents(
 def ensemble_reduce(
     feats: torch.Tensor,  # [B*E, C, h, w]
     ensemble_size: int,
-    normalized: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # [B, C, h, w] float32 (, [B, h, w, C] float32)
+) -> torch.Tensor:  # [B, C, h, w] float32
     """Twin of the ``ensemble_reduce`` kernel: mean over E with float32 accumulation.
 
-    Members are summed in order e = 0..E-1 and divided by E once. With ``normalized`` also returns the
-    L2-normalised features in channels-last layout (zero vectors stay zero).
+    Members are summed in order e = 0..E-1 and divided by E once.
     """
     n, c, h, w = feats.shape
     if n % ensemble_size:
@@ -76,8 +76,15 @@ def ensemble_reduce(
     acc = grouped[:, 0].float().clone()
     for e in range(1, ensemble_size):
         acc += grouped[:, e].float()
-    mean = acc / ensemble_size
-    if not normalized:
-        return mean
+    return acc / ensemble_size
+
+
+def ensemble_reduce_normalized(
+    feats: torch.Tensor,  # [B*E, C, h, w]
+    ensemble_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:  # [B, C, h, w], [B, h, w, C] float32
+    """Twin of the ``ensemble_reduce`` kernel with normalisation: the mean and the mean divided by its L2 norm
+    over C (clamped at 1e-12, so zero vectors stay zero) in channels-last layout."""
+    mean = ensemble_reduce(feats, ensemble_size)
     norm = torch.linalg.vector_norm(mean, dim=1, keepdim=True).clamp_min(1e-12)
     return mean, (mean / norm).permute(0, 2, 3, 1).contiguous()

@@ -2,24 +2,50 @@
 
 Both paths give identical results (tests check it); ``use_native=False`` forces the twin, ``use_native=True``
 the kernel (raising :class:`~dift_fast._native.NativeUnavailableError` with the reason when it cannot run), and
-``None`` picks the kernel when it can run on the tensors' device. :func:`kernel_status` says what is built.
+``None`` picks the kernel when it can run on the tensors' device. On a CUDA device that falls back to the twin,
+one warning per device names the reason (the twin draws the noise on the CPU: correct, but slow there).
+:func:`kernel_status` says what is built and why.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from . import _native, _torch_impl
 from ._native import NativeUnavailableError
 
-__all__ = ["NativeUnavailableError", "ensemble_latents", "ensemble_reduce", "kernel_status"]
+__all__ = [
+    "NativeUnavailableError",
+    "ensemble_latents",
+    "ensemble_reduce",
+    "ensemble_reduce_normalized",
+    "kernel_status",
+]
+
+logger = logging.getLogger(__name__)
 
 _NATIVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MASK64 = (1 << 64) - 1
+_warned_cuda_fallback: set[int] = set()
+
+
+def _warn_cuda_fallback(index: int, reason: str) -> None:
+    """Once per CUDA device: the kernels cannot run there, so the twins do (same results, slower)."""
+    if index in _warned_cuda_fallback:
+        return
+    _warned_cuda_fallback.add(index)
+    logger.warning(
+        "dift-fast: the CUDA ensemble kernels cannot run on cuda:%d, so the pure-torch twins run instead (identical "
+        "results; the noise is drawn on the CPU and copied, which is slow). Reason: %s. `dift-fast info` shows the "
+        "build.",
+        index,
+        reason,
+    )
 
 
 def _native_for(device: torch.device, use_native: bool | None) -> ModuleType | None:
@@ -37,6 +63,8 @@ def _native_for(device: torch.device, use_native: bool | None) -> ModuleType | N
         return _native.load()
     if use_native:
         raise NativeUnavailableError(reason)
+    if device.type == "cuda":
+        _warn_cuda_fallback(index, reason)
     return None
 
 
@@ -110,8 +138,17 @@ def ensemble_latents(
     keys_t = torch.tensor(signed, dtype=torch.int64).to(mean.device)  # the kernels read them as uint64
     b, c, h, w = mean.shape
     out = torch.empty((b * ensemble_size, c, h, w), dtype=out_dtype, device=mean.device)
-    args = (mean_in, std_in, keys_t, out, int(seed) & _MASK64, ensemble_size, float(sqrt_alpha),
-            float(sqrt_one_minus_alpha), float(scaling_factor))
+    args = (
+        mean_in,
+        std_in,
+        keys_t,
+        out,
+        int(seed) & _MASK64,
+        ensemble_size,
+        float(sqrt_alpha),
+        float(sqrt_one_minus_alpha),
+        float(scaling_factor),
+    )
     if mean.device.type == "cuda":
         native.ensemble_latents_cuda(*args, stream=_stream(mean.device))
     else:
@@ -122,15 +159,37 @@ def ensemble_latents(
 def ensemble_reduce(
     feats: torch.Tensor,  # [B*E, C, h, w]
     ensemble_size: int,
-    normalized: bool = False,
     use_native: bool | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Mean over the ensemble in float32 -> [B, C, h, w] (and optionally normalised [B, h, w, C]).
+) -> torch.Tensor:  # [B, C, h, w] float32
+    """Mean over the ensemble in float32.
 
-    Rows ``b*E .. b*E + E-1`` of ``feats`` are the members of image b; they are added in order and divided by E.
-    With ``normalized`` also returns the features divided by their L2 norm over C (clamped at 1e-12), in the
-    channels-last layout that matching consumes.
+    Rows ``b*E .. b*E + E-1`` of ``feats`` (float32, float16 or bfloat16) are the members of image b; they are
+    added in order in float32 and divided by E.
+
+    Args:
+        feats: ``[B*E, C, h, w]`` member features.
+        ensemble_size: E >= 1.
+        use_native: True/False forces the kernel/the twin; None picks the kernel when it can run.
     """
+    return _reduce(feats, ensemble_size, False, use_native)[0]
+
+
+def ensemble_reduce_normalized(
+    feats: torch.Tensor,  # [B*E, C, h, w]
+    ensemble_size: int,
+    use_native: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # [B, C, h, w], [B, h, w, C] float32
+    """:func:`ensemble_reduce` plus the mean divided by its L2 norm over C, channels-last (what matching reads).
+
+    The norm is clamped at 1e-12 (zero vectors stay zero). Returns ``(mean [B, C, h, w], normalized [B, h, w, C])``.
+    """
+    mean, normalized = _reduce(feats, ensemble_size, True, use_native)
+    return mean, cast(torch.Tensor, normalized)
+
+
+def _reduce(
+    feats: torch.Tensor, ensemble_size: int, normalized: bool, use_native: bool | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     _check_float_tensor(feats, "feats")
     if feats.ndim != 4:
         raise ValueError(f"feats must be [B*E, C, h, w], got {list(feats.shape)}")
@@ -139,33 +198,50 @@ def ensemble_reduce(
         raise ValueError(f"feats has {feats.shape[0]} samples, not a multiple of ensemble_size={ensemble_size}")
     native = _native_for(feats.device, use_native)
     if native is None:
-        return _torch_impl.ensemble_reduce(feats, ensemble_size, normalized)
+        if normalized:
+            return _torch_impl.ensemble_reduce_normalized(feats, ensemble_size)
+        return _torch_impl.ensemble_reduce(feats, ensemble_size), None
     feats_in = _native_input(feats)
     n, c, h, w = feats.shape
     mean = torch.empty((n // ensemble_size, c, h, w), dtype=torch.float32, device=feats.device)
-    normed = torch.empty((n // ensemble_size, h, w, c), dtype=torch.float32, device=feats.device) if normalized else None
+    normed = (
+        torch.empty((n // ensemble_size, h, w, c), dtype=torch.float32, device=feats.device) if normalized else None
+    )
     if feats.device.type == "cuda":
         native.ensemble_reduce_cuda(feats_in, mean, normed, ensemble_size, stream=_stream(feats.device))
     else:
         native.ensemble_reduce_cpu(feats_in, mean, normed, ensemble_size, num_threads=torch.get_num_threads())
-    return (mean, normed) if normalized else mean
+    return mean, normed
 
 
 def kernel_status() -> dict[str, Any]:
-    """What native kernels are built and usable here, and why not; `dift-fast info` prints it.
+    """What native kernels are built and usable here, and why; `dift-fast info` prints it.
 
     Returns:
-        ``{"cpu": {"built", "usable", "reason"}, "cuda": {"built", "usable", "reason"}, "openmp": bool,
-        "build": {compiler, flags, CUDA archs, ...}}``; ``reason`` is None when usable.
+        ``{"variant": "cuda"|"cpu"|"none"|"unknown", "reason": str, "cpu": {"built", "usable", "reason"},
+        "cuda": {"built", "usable", "reason"}, "openmp": bool, "build": {compiler, flags, CUDA archs, ...}}``.
+        ``variant``/``reason`` are what the install built and why (the build record); a device's ``reason`` is
+        None when its kernels run there, else why the pure-torch twin runs instead.
     """
+    record = _native.build_record()
     reason = _native.unavailable_reason()
     if reason is not None:
         missing = {"built": False, "usable": False, "reason": reason}
-        return {"cpu": missing, "cuda": dict(missing), "openmp": False, "build": {}}
+        return {
+            "variant": record["variant"],
+            "reason": record["reason"],
+            "cpu": missing,
+            "cuda": dict(missing),
+            "openmp": False,
+            "build": record,
+        }
     module = _native.load()
     build = dict(module.build_info())
     cuda_reason = _native.cuda_unusable_reason(torch.cuda.current_device() if torch.cuda.is_available() else 0)
     return {
+        # the module itself is the truth about what it holds; the record may be missing (not a pip install)
+        "variant": build.get("variant", record["variant"]),
+        "reason": build.get("cuda_build_reason", record["reason"]),
         "cpu": {"built": True, "usable": True, "reason": None},
         "cuda": {"built": bool(module.with_cuda), "usable": cuda_reason is None, "reason": cuda_reason},
         "openmp": bool(build.get("openmp", False)),

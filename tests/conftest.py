@@ -49,6 +49,7 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
     """Path of a tiny random diffusers pipeline (unet, vae, text_encoder, tokenizer, scheduler)."""
+    pytest.importorskip("diffusers", reason="the tiny model needs diffusers (a dependency: pip install diffusers)")
     from dift_fast.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pipeline")

@@ -113,6 +113,20 @@ def kernel_status() -> dict[str, Any]:
     return status() if status else {"native": False, "reason": "native kernels are not wired in this build"}
 
 
+def kernel_lines(status: dict[str, Any], device: str) -> list[str]:
+    """Which kernel build is installed and why, and what runs on the CPU and on ``device`` (text for `info`)."""
+    lines = [f"kernels      build '{status.get('variant', 'unknown')}': {status.get('reason', 'no reason recorded')}"]
+    targets = [("cpu", "cpu")] + ([("cuda", device)] if device.startswith("cuda") else [])
+    for key, name in targets:
+        part = status[key]
+        if part["usable"]:
+            extra = " with OpenMP" if key == "cpu" and status.get("openmp") else ""
+            lines.append(f"             on {name}: native kernels{extra}")
+        else:
+            lines.append(f"             on {name}: pure-torch twins (same results, slower): {part['reason']}")
+    return lines
+
+
 def backend_status() -> dict[str, str]:
     out = {"torch": "available"}
     if importlib.util.find_spec("onnxruntime"):
@@ -154,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
     gpus = ", ".join(info["gpus"]) or "none"
     print(f"dift-fast {info['dift_fast']}  python {info['python']}  torch {info['torch']}")
     print(f"device       {info['device']} ({info['dtype']}); GPUs: {gpus}")
-    print("kernels      " + ", ".join(f"{k}: {v}" for k, v in info["kernels"].items()))
+    for line in kernel_lines(info["kernels"], info["device"]):
+        print(line)
     for name, status in info["backends"].items():
         print(f"backend      {name}: {status}")
     if info["backend_options"] is not None:
