@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     h5.add_argument("store")
     h5.add_argument("out", help="OUT.h5")
     h5.add_argument("--overwrite", action="store_true", help="replace OUT.h5 if it exists")
+    h5.epilog = "Exit code 1 when damaged images (checksum mismatch) were left out; they are listed."
     h5.set_defaults(func=run_export_h5)
 
 
@@ -37,8 +39,13 @@ def run_export_h5(args: argparse.Namespace) -> int:
 
     store = FeatureStore.open(args.store)
     try:
-        out = export_h5(store, args.out, overwrite=args.overwrite)
+        result = export_h5(store, args.out, overwrite=args.overwrite)
     except FileExistsError as err:
         raise ValueError(str(err)) from None
-    print(f"wrote {out}: {len(store)} images")
+    print(f"wrote {result.path}: {result.images} images")
+    for reason in result.skipped.values():
+        print(f"  skipped: {reason}", file=sys.stderr)
+    if result.skipped:
+        print(f"{len(result.skipped)} damaged image(s) left out of {result.path}", file=sys.stderr)
+        return 1
     return 0

@@ -24,7 +24,7 @@ def extractor(tiny_extractor_factory):
 
 
 def test_spair_runner_and_cache_resume(extractor, spair_root, tmp_path):
-    cache = FeatureCache(tmp_path / "cache", extractor.config)
+    cache = FeatureCache(tmp_path / "cache", extractor)
     report = run_spair(extractor, spair_root, cache, progress=False)
     # 3 images: the self-pair reuses its image, the pair without keypoints needs none and has no PCK.
     assert report.counts["images extracted"] == 3 and report.counts["pairs without keypoints"] == 1
@@ -48,7 +48,7 @@ def test_spair_runner_and_cache_resume(extractor, spair_root, tmp_path):
 
 
 def test_pf_willow_runner(extractor, pf_willow_root, tmp_path):
-    cache = FeatureCache(tmp_path / "cache", extractor.config)
+    cache = FeatureCache(tmp_path / "cache", extractor)
     report = run_pf_willow(extractor, pf_willow_root, cache, progress=False)
     assert report.counts == {"pairs": 2, "images extracted": 3}
     per_cat = report.details["per category, PCK@0.10"]
@@ -60,7 +60,7 @@ def test_pf_willow_runner(extractor, pf_willow_root, tmp_path):
 def test_hpatches_runner(tiny_extractor_factory, hpatches_root, tmp_path):
     extractor = tiny_extractor_factory(ensemble_size=1)
     root, kp_dir = hpatches_root
-    cache = FeatureCache(tmp_path / "cache", extractor.config)
+    cache = FeatureCache(tmp_path / "cache", extractor)
     report = run_hpatches(extractor, root, cache, keypoints=kp_dir, progress=False)
     assert report.counts["pairs"] == 10 and report.counts["illumination pairs"] == 5
     assert report.counts["images extracted"] == 2  # identical files share features: the base and its warp
@@ -98,7 +98,7 @@ def test_davis_runner_recovers_static_objects(davis_root, tmp_path):
     from dift_fast.eval.propagation import finalize_labels, to_one_hot
 
     extractor = PositionCodedExtractor()
-    cache = FeatureCache(tmp_path / "cache", extractor.config)
+    cache = FeatureCache(tmp_path / "cache", {"stand-in": "position-coded"})  # no model: its own identity
     report = run_davis(extractor, davis_root, cache, short_side=48, predictions_dir=tmp_path / "pred",
                        progress=False)
     assert report.counts == {"videos": 1, "objects": 2, "frames": 4}
@@ -117,14 +117,14 @@ def test_davis_runner_recovers_static_objects(davis_root, tmp_path):
     assert png.mode == "P" and png.size == (64, 48) and png.getpalette()[3:6] == [128, 0, 0]
     # Control: features drawn afresh for every frame carry no correspondence, and the score collapses.
     control = PositionCodedExtractor(same_every_frame=False)
-    worse = run_davis(control, davis_root, FeatureCache(tmp_path / "cache2", control.config), short_side=48,
+    worse = run_davis(control, davis_root, FeatureCache(tmp_path / "cache2", {"stand-in": "fresh"}), short_side=48,
                       progress=False)
     assert worse.metrics["J-Mean"] < 50.0
 
 
 def test_davis_runner_with_tiny_model(tiny_extractor_factory, davis_root, tmp_path):
     extractor = tiny_extractor_factory(ensemble_size=1)
-    cache = FeatureCache(tmp_path / "cache", extractor.config)
+    cache = FeatureCache(tmp_path / "cache", extractor)
     report = run_davis(extractor, davis_root, cache, short_side=48, progress=False)
     assert report.counts["frames"] == 4 and 0.0 <= report.metrics["J&F-Mean"] <= 100.0
     assert any("short side 48" in n for n in report.notes)
