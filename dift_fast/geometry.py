@@ -22,6 +22,7 @@ class NetworkGeometry:
     feature_channels: int  # C of the feature: output channels of up block k
     num_downsamplers: int  # UNet down blocks that halve the latent (rounding up)
     num_upsamplers: int  # up blocks 0..k that double it back (to the next skip's size)
+    static_image_size: tuple[int, int] | None = None  # (W, H) a static export was made for; None: any size
 
     @classmethod
     def of(cls, unet: Any, vae: Any) -> NetworkGeometry:
@@ -36,7 +37,17 @@ class NetworkGeometry:
         )
 
     def latent_hw(self, height: int, width: int) -> tuple[int, int]:
-        """(h, w) of the latent of an image of ``height`` x ``width`` pixels."""
+        """(h, w) of the latent of an image of ``height`` x ``width`` pixels.
+
+        Raises:
+            ValueError: the networks are a static export made for another image size (the message names it).
+        """
+        if self.static_image_size is not None and (width, height) != tuple(self.static_image_size):
+            w, h = self.static_image_size
+            raise ValueError(
+                f"this export is static: its graphs take {w}x{h} images only, not {width}x{height}; extract at "
+                f"--image-size {w}x{h}, or export again with that size or with dynamic sizes (--dynamic-size)"
+            )
         return height // self.downsample_factor, width // self.downsample_factor
 
     def feature_hw(self, h: int, w: int) -> tuple[int, int]:

@@ -1,11 +1,16 @@
 """Which export a backend runs: the given folder after checking it fits the model, or a new (cached) export.
 
-Checking that an export was made from the model's weights means hashing the UNet and VAE weights (~3.5 GB for SD
-2.1), so a successful check is remembered: a small marker under ``cache_root()/export-checks`` keyed by the
-export's weights hash, its block, and the (size, mtime, ctime, inode) of every file in the model's ``unet/`` and
-``vae/`` folders. While those files are unchanged, the next backend built on the same model and export loads
-neither the UNet nor the VAE and hashes nothing. Components whose networks are already in memory are always
-hashed: their weights may have been changed after loading.
+Every export is loaded through :func:`load_manifest`, which checks each graph file against the manifest's sha256: a
+folder the user gave that was modified after export is refused (naming the file); an export in the cache whose
+files were modified is exported again over them.
+
+Checking that an export was made from the model's weights means hashing the UNet and VAE weights as loaded
+(~3.5 GB for SD 2.1), so a successful check is remembered: a small marker under ``cache_root()/export-checks``
+keyed by the export's weights hash, its block, and the content hash of the model's ``unet/`` and ``vae/`` weight
+files (:func:`dift_fast.hashing.folder_sha256`, the one content-hash mechanism: read once, then cached by path,
+size, mtime, ctime and inode). While those files are unchanged, the next backend built on the same model and
+export loads neither the UNet nor the VAE. Components whose networks are already in memory are always hashed:
+their weights may have been changed after loading.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 from dift_fast.atomic import write_atomic
 from dift_fast.backend_options import BackendOptions, backend_options_for
 from dift_fast.cache import cache_root
+from dift_fast.hashing import folder_sha256
 from dift_fast.loading import load_networks
 
 from .graphs import export_onnx
@@ -28,29 +34,26 @@ from .keys import weights_hash
 from .manifest import MANIFEST_NAME, ManifestError, load_manifest, stable_hash
 from .precision import dtype_name
 
-__all__ = ["backend_export", "model_files_signature", "resolve_export", "verify_export_weights"]
+__all__ = ["backend_export", "model_weights_sha256", "resolve_export", "verify_export_weights"]
 
 logger = logging.getLogger(__name__)
 
 CHECKS_SUBDIR = "export-checks"
+EXPORTED_COMPONENTS = ("unet", "vae")  # the networks an export holds (the text encoder stays in torch)
 
 
-def model_files_signature(folder: Path) -> list[list[Any]]:
-    """(name, size, mtime, ctime, inode, device) of every file in ``unet/`` and ``vae/``: changes when they do."""
-    out = []
-    for comp in ("unet", "vae"):
-        d = Path(folder) / comp
-        for f in sorted(d.iterdir()) if d.is_dir() else ():
-            st = f.stat()
-            if f.is_file():
-                out.append([f"{comp}/{f.name}", st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev])
-    return out
+def model_weights_sha256(folder: Path) -> str:
+    """Content hash of the weight files of the model's ``unet/`` and ``vae/`` folders (cached by file stat)."""
+    parts = {}
+    for comp in EXPORTED_COMPONENTS:
+        sub = Path(folder) / comp
+        parts[comp] = folder_sha256(sub) if sub.is_dir() else None
+    return stable_hash(parts)
 
 
 def _check_marker(components: Any, manifest: dict[str, Any]) -> Path:
     key = stable_hash({"weights_sha256": manifest["model"]["weights_sha256"], "up_ft_index": manifest["up_ft_index"],
-                       "folder": str(Path(components.folder).resolve()),
-                       "files": model_files_signature(components.folder)})
+                       "model_files_sha256": model_weights_sha256(components.folder)})
     return cache_root() / CHECKS_SUBDIR / f"{key[:32]}.json"
 
 
@@ -91,7 +94,11 @@ def resolve_export(components: Any, dtype: torch.dtype, export_dir: str | os.Pat
     """
     if export_dir is not None and (Path(export_dir) / MANIFEST_NAME).is_file():
         folder = Path(export_dir)
-        manifest = load_manifest(folder)
+        try:
+            manifest = load_manifest(folder)  # every file against its sha256
+        except ManifestError as err:
+            raise ManifestError(f"export {folder} cannot be used: {err}. It was not changed: export again into a "
+                                "new folder (`dift-fast export --out DIR`), or delete it to export there") from None
         if manifest["up_ft_index"] != components.up_ft_index:
             raise ValueError(f"export {folder} is of up block {manifest['up_ft_index']}, the extractor wants "
                              f"up_ft_index={components.up_ft_index}; export again with --up-ft-index")

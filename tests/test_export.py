@@ -186,8 +186,10 @@ def test_manifest_validation_reports_problems(fp32_export, tmp_path):
     data = bytearray((copy / "vae_encoder.onnx").read_bytes())
     data[-1] ^= 0xFF
     (copy / "vae_encoder.onnx").write_bytes(bytes(data))
-    assert validate_manifest(manifest, copy) == []  # sizes only: cheap
-    assert any("differs" in p for p in validate_manifest(manifest, copy, verify_hashes=True))
+    assert validate_manifest(manifest, copy, verify_hashes=False) == []  # sizes only
+    assert any("differs" in p for p in validate_manifest(manifest, copy))  # the sha256 of every file, by default
+    with pytest.raises(ManifestError, match=r"vae_encoder\.onnx content differs"):
+        load_manifest(copy)
     (copy / "unet.onnx").unlink()
     with pytest.raises(ManifestError, match=r"unet\.onnx is missing"):
         load_manifest(copy)
@@ -336,3 +338,43 @@ def test_an_export_made_for_the_backend_is_not_checked_again(tiny_model_dir, tmp
     second = DiftExtractor.from_pretrained(**kwargs)
     images = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(5)) * 2 - 1
     assert loads == [] and torch.equal(second.extract(images), first.extract(images))
+
+
+def _flip_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # same size: only a content hash notices
+    path.write_bytes(bytes(data))
+
+
+def test_a_modified_export_folder_the_user_gave_is_refused(comps, fp32_export, tmp_path):
+    import shutil
+
+    copy = tmp_path / "export"
+    shutil.copytree(fp32_export[0], copy)
+    _flip_last_byte(copy / "vae_encoder.onnx")
+    before = (copy / "vae_encoder.onnx").read_bytes()
+    with pytest.raises(ManifestError, match=r"vae_encoder\.onnx content differs.*was not changed"):
+        create(comps, torch.device("cpu"), torch.float32, export_dir=str(copy))
+    assert (copy / "vae_encoder.onnx").read_bytes() == before  # the user's folder is left as it was
+
+
+def test_a_modified_cached_export_is_exported_again(comps, tmp_path, monkeypatch):
+    from dift_fast.export.manifest import file_sha256
+    from dift_fast.export.resolve import resolve_export
+
+    monkeypatch.setenv("DIFT_FAST_CACHE", str(tmp_path / "cache"))
+    folder, manifest = resolve_export(comps, torch.float32, None)
+    assert folder.parent == tmp_path / "cache" / "onnx"
+    _flip_last_byte(folder / "unet.onnx")
+    again, manifest2 = resolve_export(comps, torch.float32, None)
+    assert again == folder and manifest2["export_key"] == manifest["export_key"]
+    assert file_sha256(folder / "unet.onnx") == manifest2["files"]["unet.onnx"]["sha256"]  # the graph was rewritten
+    load_manifest(folder)  # and checks out
+
+
+def test_a_static_export_at_another_image_size_names_its_size(comps, fp32_export):
+    extractor = DiftExtractor(comps, DiftConfig.from_preset("spair", model=str(comps.folder), ensemble_size=2,
+                                                            image_size=(64, 64), device="cpu", backend="onnxruntime"),
+                              export_dir=str(fp32_export[0]))
+    with pytest.raises(ValueError, match=r"static: its graphs take 64x48 images only, not 64x64"):
+        extractor.extract(torch.zeros(1, 3, 64, 64))
