@@ -118,7 +118,7 @@ def run_query(args: argparse.Namespace) -> int:
     except KeyError as err:
         raise ValueError(str(err.args[0])) from None
     size = tuple(ff.original_sizes[qid])
-    points = check_points(torch.tensor(parse_points(args.points)), size, f"--points for {args.image}")
+    points = check_points(parse_points(args.points), size, f"--points for {args.image}")
     feat = ff.features[qid]
     rows = []
     if index.meta.get("level") == "dense":
