@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,13 @@ def save_features(
     if identity is not None:
         meta["identity"] = json.dumps(identity, sort_keys=True)
     with atomic_path(path) as tmp:
-        save_file({"features": features.detach().cpu().contiguous()}, str(tmp), metadata=meta)
+        try:
+            save_file({"features": features.detach().cpu().contiguous()}, str(tmp), metadata=meta)
+        except Exception as err:  # safetensors reports I/O failures as its own error type: make them an OSError
+            code = re.search(r"os error (\d+)", str(err))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), f"{os.strerror(int(code.group(1)))} while writing {path}") from None
     return path
 
 

@@ -378,3 +378,28 @@ def test_a_static_export_at_another_image_size_names_its_size(comps, fp32_export
                               export_dir=str(fp32_export[0]))
     with pytest.raises(ValueError, match=r"static: its graphs take 64x48 images only, not 64x64"):
         extractor.extract(torch.zeros(1, 3, 64, 64))
+
+
+def test_export_never_writes_over_files_that_are_not_an_export(comps, fp32_export, tmp_path):
+    not_a_folder = tmp_path / "notes.txt"
+    not_a_folder.write_text("mine")
+    with pytest.raises(ValueError, match="is a file"):
+        export_onnx(comps, not_a_folder, image_size=SIZE)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "unet.onnx").write_text("my own model")
+    (theirs / "thesis.tex").write_text("mine")
+    with pytest.raises(ValueError, match=r"not empty \(thesis\.tex, unet\.onnx\) and holds no manifest\.json"):
+        export_onnx(comps, theirs, image_size=SIZE)
+    with pytest.raises(ValueError, match="holds no manifest"):  # the backend path goes through the same check
+        create(comps, torch.device("cpu"), torch.float32, export_dir=str(theirs))
+    assert (theirs / "unet.onnx").read_text() == "my own model" and sorted(p.name for p in theirs.iterdir()) == [
+        "thesis.tex", "unet.onnx"]
+    # An export killed before its manifest left graphs of its own: exporting there again finishes the job.
+    import shutil
+
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(fp32_export[0], unfinished)
+    (unfinished / "manifest.json").unlink()
+    folder, manifest = export_onnx(comps, unfinished, image_size=SIZE)
+    assert load_manifest(folder) == manifest

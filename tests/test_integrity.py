@@ -136,11 +136,25 @@ def test_full_disk_while_creating_a_store_leaves_the_folder_clean(images, tiny_m
         out.mkdir()  # the user made the (empty) folder: it stays, empty
     monkeypatch.setattr(atomic_mod, "os", _NoSpaceForStoreJson())
     assert main(_argv(images, out, tiny_model_dir)) == 3
-    assert "disk full while creating the store" in capsys.readouterr().err
+    assert "disk full while creating the store" in capsys.readouterr().err  # "... nothing was left there"
     monkeypatch.undo()
     assert out.is_dir() == existing and (not existing or list(out.iterdir()) == [])  # no tmp/, no lock file
     assert main(_argv(images, out, tiny_model_dir)) == 0  # "free space and rerun" works
     assert len(FeatureStore.open(out)) == 4
+
+
+def test_full_disk_in_file_mode_exits_3_and_writes_nothing(images, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    import safetensors.torch
+
+    def full(*args, **kwargs):  # what safetensors raises when the disk fills up (its own error type, not OSError)
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    out = tmp_path / "f.safetensors"
+    files = sorted(str(p) for p in images.glob("*.png"))
+    assert main(["extract", *files, "--out", str(out), "--model", str(tiny_model_dir), *TINY]) == 3
+    assert "disk full while writing" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no feature file, no temporary file
 
 
 def _flip_byte(path: Path, offset: int) -> None:

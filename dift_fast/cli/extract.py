@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 
 from .common import add_model_options, load_extractor
 
 FILE_SUFFIXES = (".safetensors",)
+EXIT_DISK_FULL = 3  # as in store mode
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,16 +72,23 @@ def run_file_extract(args: argparse.Namespace) -> int:
     if batch is None:
         print("dift-fast extract: error: no image could be extracted; nothing written", file=sys.stderr)
         return 1
-    out = save_features(
-        args.out,
-        batch.features,
-        batch.names,
-        batch.original_sizes,
-        extractor.config,
-        batch.image_keys,
-        extra={"failed": sorted(failed), "tiny_random": extractor.is_tiny},
-        identity=extractor_identity(extractor),
-    )
+    try:
+        out = save_features(
+            args.out,
+            batch.features,
+            batch.names,
+            batch.original_sizes,
+            extractor.config,
+            batch.image_keys,
+            extra={"failed": sorted(failed), "tiny_random": extractor.is_tiny},
+            identity=extractor_identity(extractor),
+        )
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"dift-fast extract: stopped: disk full while writing {args.out} ({os.strerror(err.errno)}); nothing "
+              "was written: free some space and rerun", file=sys.stderr)
+        return EXIT_DISK_FULL
     n, c, h, w = batch.features.shape
     print(f"wrote {out}: {n} images, features [{n}, {c}, {h}, {w}] float32")
     if extractor.is_tiny:

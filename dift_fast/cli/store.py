@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
+import re
 import sys
 
 
@@ -42,6 +45,13 @@ def run_export_h5(args: argparse.Namespace) -> int:
         result = export_h5(store, args.out, overwrite=args.overwrite)
     except FileExistsError as err:
         raise ValueError(str(err)) from None
+    except OSError as err:  # h5py's messages are long; say what happened and that nothing was left behind
+        code = err.errno
+        if code is None and (found := re.search(r"errno = (\d+)", str(err))):  # h5py puts it in the message
+            code = int(found.group(1))
+        reason = os.strerror(code) if code else str(err)
+        print(f"dift-fast store: stopped: could not write {args.out} ({reason}); nothing was written", file=sys.stderr)
+        return 3 if code in (errno.ENOSPC, errno.EDQUOT) else 2
     print(f"wrote {result.path}: {result.images} images")
     for reason in result.skipped.values():
         print(f"  skipped: {reason}", file=sys.stderr)

@@ -465,9 +465,11 @@ def _remove_leftovers(root: Path, created_root: bool) -> None:
 
 def _raise_if_full(err: OSError, root: Path, doing: str) -> None:
     if err.errno in _DISK_FULL:
+        state = ("nothing was left there" if doing == "creating the store" else
+                 "the store is consistent")
         raise StoreFullError(
-            f"disk full while {doing} in {root} ({os.strerror(err.errno)}); the store is consistent: free some "
-            "space (or use --dtype-store fp16 / --pca) and rerun the same command"
+            f"disk full while {doing} in {root} ({os.strerror(err.errno)}); {state}: free some space (or use "
+            "--dtype-store fp16 / --pca) and rerun the same command"
         ) from err
 
 
