@@ -98,7 +98,7 @@ def sd_model_identity(folder: str | Path, scheduler_config: Mapping[str, Any]) -
     """The model identity of a diffusers Stable Diffusion folder: backbone ``"sd"``.
 
     The content hash covers every weight file of ``unet/``, ``vae/`` and ``text_encoder/`` (their bytes, through
-    :func:`dift_fast.hashing.folder_sha256`: read once, then cached by path, size, mtime and inode).
+    :func:`dift_fast.hashing.folder_sha256`: read once, then cached by path, size, mtime, ctime and inode).
     """
     folder = Path(folder)
     parts = {}

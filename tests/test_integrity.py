@@ -113,6 +113,12 @@ def test_overwrite_refuses_a_folder_that_is_not_a_store(images, tiny_model_dir, 
     assert main(_argv(images, out, tiny_model_dir, "--overwrite")) == 2
     assert "is not a feature store; nothing was written or deleted" in capsys.readouterr().err
     assert _snapshot(out) == before and sorted(p.name for p in out.iterdir()) == ["sub", "thesis.tex"]
+    # A folder holding only a "tmp" of the user's (not our temporary files) is not an empty one either.
+    mine = tmp_path / "only-tmp"
+    (mine / "tmp").mkdir(parents=True)
+    (mine / "tmp" / "draft.txt").write_text("keep me")
+    assert main(_argv(images, mine, tiny_model_dir)) == 2
+    assert (mine / "tmp" / "draft.txt").read_text() == "keep me" and sorted(p.name for p in mine.iterdir()) == ["tmp"]
 
 
 class _NoSpaceForStoreJson:

@@ -27,6 +27,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 import uuid
@@ -54,8 +55,8 @@ __all__ = [
 
 FORMAT = "dift-fast-store/2"  # /2: feature files carry a sha256; /1 stores are still read (unverified)
 READABLE_FORMATS = ("dift-fast-store/1", FORMAT)
-# What a failed store creation may leave in a folder (a later creation there treats the folder as empty).
-_CREATION_LEFTOVERS = frozenset({"writer.lock", "tmp"})
+# A temporary file of dift_fast.atomic: ".<target>.<32 hex digits>.tmp".
+_ATOMIC_TEMP = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
 _TORCH_STORE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -212,7 +213,7 @@ class FeatureStore:
         """Refuse to create a store in a folder holding anything but what a failed creation leaves behind."""
         if not root.is_dir():
             return
-        foreign = sorted(p.name for p in root.iterdir() if p.name not in _CREATION_LEFTOVERS)
+        foreign = sorted(p.name for p in root.iterdir() if not _left_by_creation(p))
         if foreign:
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
             raise StoreError(
@@ -437,6 +438,15 @@ class FeatureStore:
         if self.pca is not None:
             out["pca_explained_variance"] = float(self.pca.explained_variance_ratio.sum())
         return out
+
+
+def _left_by_creation(path: Path) -> bool:
+    """What a failed store creation may leave behind: an empty ``writer.lock``, a ``tmp/`` of our temporary files."""
+    if path.name == "writer.lock":
+        return path.is_file() and not path.is_symlink() and path.stat().st_size == 0
+    if path.name == "tmp" and path.is_dir() and not path.is_symlink():
+        return all(_ATOMIC_TEMP.match(p.name) for p in path.iterdir())
+    return False
 
 
 def _take_lock(root: Path) -> int:
