@@ -43,9 +43,16 @@ class FusableAttnProcessor:
     Same math as diffusers' ``AttnProcessor2_0`` (no mask, no dropout), with ``attn.scale`` as the scale.
     """
 
-    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args: Any,
-                 **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         if attention_mask is not None:
             raise ValueError("the export attention processor has no attention mask (DIFT's UNet passes none)")
         residual = hidden_states

@@ -30,9 +30,11 @@ def check_image_size(manifest: dict[str, Any], image_size: tuple[int, int] | Non
     exported = tuple(int(v) for v in manifest["image_size"])
     wanted = tuple(int(v) for v in image_size)
     if exported != wanted:
-        raise ValueError(f"export {folder} has static size {exported[0]}x{exported[1]}, the extractor resizes images "
-                         f"to {wanted[0]}x{wanted[1]}: export again with --image-size {wanted[0]}x{wanted[1]} "
-                         "(or --dynamic-size), or extract at the exported size")
+        raise ValueError(
+            f"export {folder} has static size {exported[0]}x{exported[1]}, the extractor resizes images "
+            f"to {wanted[0]}x{wanted[1]}: export again with --image-size {wanted[0]}x{wanted[1]} "
+            "(or --dynamic-size), or extract at the exported size"
+        )
 
 
 class PromptCheck:
@@ -45,8 +47,10 @@ class PromptCheck:
         if self._event is not None:
             self._event.synchronize()  # the comparison and its copy only; work queued after it keeps running
         if bool(self._other):
-            raise ValueError(f"export {self._folder} folds the prompt {self._text!r} into its graph; this extraction "
-                             "uses another prompt. Export without --fixed-prompt, or extract with that prompt")
+            raise ValueError(
+                f"export {self._folder} folds the prompt {self._text!r} into its graph; this extraction "
+                "uses another prompt. Export without --fixed-prompt, or extract with that prompt"
+            )
 
 
 class FixedPrompt:
@@ -69,8 +73,10 @@ class FixedPrompt:
         except (OSError, ValueError) as err:
             raise ValueError(f"{path} (the fixed prompt's embedding) cannot be read: {err}; export again") from None
         if array.ndim != 3 or array.shape[0] != 1 or array.dtype != np.float32 or not np.isfinite(array).all():
-            raise ValueError(f"{path} must hold one finite float32 embedding [1, 77, D], got {array.dtype} "
-                             f"{list(array.shape)}; export again")
+            raise ValueError(
+                f"{path} must hold one finite float32 embedding [1, 77, D], got {array.dtype} "
+                f"{list(array.shape)}; export again"
+            )
         return cls(torch.from_numpy(array[0].copy()), spec["text"], Path(folder))
 
     def _reference(self, device: torch.device) -> torch.Tensor:
@@ -82,8 +88,10 @@ class FixedPrompt:
     def check(self, context: torch.Tensor) -> PromptCheck:
         """Queue the comparison of ``context`` [N, 77, D] with the fixed embedding; read it with the returned check."""
         if tuple(context.shape[1:]) != tuple(self.embedding.shape):
-            raise ValueError(f"prompt embeddings {list(context.shape)} do not match export {self.folder}'s fixed "
-                             f"prompt {list(self.embedding.shape)}")
+            raise ValueError(
+                f"prompt embeddings {list(context.shape)} do not match export {self.folder}'s fixed "
+                f"prompt {list(self.embedding.shape)}"
+            )
         ref = self._reference(context.device)
         distance = (context.float() - ref).flatten(1).norm(dim=1)
         other = (distance > PROMPT_TOLERANCE * ref.norm().clamp_min(1e-12)).any()

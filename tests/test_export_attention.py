@@ -35,8 +35,9 @@ def comps(tiny_model_dir):
 
 @pytest.fixture(scope="module", params=["fp32", "fp16", "bf16"])
 def export(request, comps, tmp_path_factory):
-    return request.param, export_onnx(comps, tmp_path_factory.mktemp(request.param), dtype=request.param,
-                                      image_size=SIZE)
+    return request.param, export_onnx(
+        comps, tmp_path_factory.mktemp(request.param), dtype=request.param, image_size=SIZE
+    )
 
 
 def _constant_value(name: str, producers: dict, initializers: dict) -> np.ndarray | None:
@@ -70,9 +71,16 @@ def attention_patterns(path) -> list[dict]:
                 if value is not None and value.size == 1:
                     scale = float(value.reshape(()))
         axis = next((a.i for a in sm.attribute if a.name == "axis"), -1)
-        out.append({"before": first.op_type, "q_side": getattr(q_side, "op_type", None),
-                    "k_side": getattr(k_side, "op_type", None), "scale": scale, "axis": axis,
-                    "after": [c.op_type for c in consumers.get(sm.output[0], [])]})
+        out.append(
+            {
+                "before": first.op_type,
+                "q_side": getattr(q_side, "op_type", None),
+                "k_side": getattr(k_side, "op_type", None),
+                "scale": scale,
+                "axis": axis,
+                "after": [c.op_type for c in consumers.get(sm.output[0], [])],
+            }
+        )
     return out
 
 
@@ -118,15 +126,19 @@ def test_processor_matches_diffusers_default(comps):
         ref = comps.unet(x, torch.tensor([261]), ctx)
         ref_moments = comps.vae.moments(images)
         with fusable_attention(comps.unet), fusable_attention(comps.vae):
-            assert all(isinstance(m.processor, FusableAttnProcessor)
-                       for m in (*comps.unet.modules(), *comps.vae.modules()) if isinstance(m, Attention))
+            assert all(
+                isinstance(m.processor, FusableAttnProcessor)
+                for m in (*comps.unet.modules(), *comps.vae.modules())
+                if isinstance(m, Attention)
+            )
             out = comps.unet(x, torch.tensor([261]), ctx)
             moments = comps.vae.moments(images)
     # Same products and sums in another order (scale on Q first instead of SDPA's): float32 rounding, ~1e-7.
     assert float((out - ref).norm() / ref.norm()) < 1e-5
     assert float((moments - ref_moments).norm() / ref_moments.norm()) < 1e-5
-    assert not any(isinstance(m.processor, FusableAttnProcessor) for m in comps.unet.modules()
-                   if isinstance(m, Attention))  # restored on exit
+    assert not any(
+        isinstance(m.processor, FusableAttnProcessor) for m in comps.unet.modules() if isinstance(m, Attention)
+    )  # restored on exit
 
 
 def test_sd21_unet_attention_meets_tensorrt_fusion_limits():

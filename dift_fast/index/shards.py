@@ -59,7 +59,7 @@ def copy_flat_into(index: Any, cpu_idmap: Any) -> Any:
     """Add the vectors and ids of CPU ``IndexIDMap2(IndexFlat)`` ``cpu_idmap`` to ``index``; returns ``index``."""
     vectors, ids = _flat_contents(cpu_idmap)
     for start in range(0, len(ids), _CHUNK):
-        index.add_with_ids(vectors[start:start + _CHUNK], ids[start:start + _CHUNK])
+        index.add_with_ids(vectors[start : start + _CHUNK], ids[start : start + _CHUNK])
     return index
 
 
@@ -88,7 +88,10 @@ def index_to_cpu(index: Any) -> Any:
     """A CPU copy of a GPU index: this module's flat shards gathered here, anything else by faiss."""
     faiss = import_faiss()
     top = faiss.downcast_index(index)
-    if isinstance(top, faiss.IndexShards) and top.count() and \
-            isinstance(faiss.downcast_index(top.at(0)), faiss.IndexIDMap2):
+    if (
+        isinstance(top, faiss.IndexShards)
+        and top.count()
+        and isinstance(faiss.downcast_index(top.at(0)), faiss.IndexIDMap2)
+    ):
         return gather_flat(top, _to_cpu)
     return _to_cpu(index)
