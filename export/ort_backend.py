@@ -131,7 +131,8 @@ class OrtBackend:
         opts = _session_options(intra_op_threads)
         graphs = self.manifest["graphs"]
         self.unet = ort.InferenceSession(str(self.folder / graphs["unet"]["file"]), opts, providers=providers)
-        self.vae = ort.InferenceSession(str(self.folder / graphs["vae_encoder"]["file"]), opts, providers=providers)
+        self.vae = (ort.InferenceSession(str(self.folder / graphs["vae_encoder"]["file"]), opts, providers=providers)
+                    if "vae_encoder" in graphs else None)  # a pixel-space backbone has no encoder graph
         self.geometry = manifest_geometry(self.manifest)
         self.fixed_prompt = FixedPrompt.of_export(self.folder, self.manifest)
         self._buffers: dict[tuple[str, tuple[int, ...]], tuple[int, dict[str, torch.Tensor], Any]] = {}
@@ -144,19 +145,21 @@ class OrtBackend:
     # -- Backend protocol ---------------------------------------------------------------------------------------
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.vae is None:
+            raise RuntimeError(f"export {self.folder} has no encoder graph: its backbone runs in pixel space")
         n, _, H, W = images.shape
         (moments,) = self._run(self.vae, "vae", {"images": images.to(self.dtype)},
                                {"moments": (n, 2 * self.geometry.latent_channels, *self.geometry.latent_hw(H, W))})
         return posterior(moments.float())
 
-    def features(self, latents: torch.Tensor, timestep: int, context: torch.Tensor) -> torch.Tensor:
+    def features(self, latents: torch.Tensor, timestep: int, context: torch.Tensor | None) -> torch.Tensor:
         n, _, h, w = latents.shape
         feeds = {"x_t": latents.to(self.dtype), "timestep": self._timestep(timestep)}
         check = None
-        if self.fixed_prompt is None:
+        if self.fixed_prompt is not None:
+            check = self.fixed_prompt.check(context)
+        elif context is not None:  # None: an unconditional backbone's graph takes no text
             feeds["encoder_hidden_states"] = context.to(self.dtype)
-        else:
-            check = self.fixed_prompt.check(context.to(self.device, non_blocking=True))
         fh, fw = self.geometry.feature_hw(h, w)
         (feats,) = self._run(self.unet, "unet", feeds, {"features": (n, self.geometry.feature_channels, fh, fw)})
         if check is not None:

@@ -85,8 +85,11 @@ class FixedPrompt:
             ref = self._on_device[device] = self.embedding.to(device)
         return ref
 
-    def check(self, context: torch.Tensor) -> PromptCheck:
+    def check(self, context: torch.Tensor | None) -> PromptCheck:
         """Queue the comparison of ``context`` [N, 77, D] with the fixed embedding; read it with the returned check."""
+        if context is None:
+            raise ValueError(f"export {self.folder} folds the prompt {self.text!r} into its graph; this extraction "
+                             "passes no prompt embeddings")
         if tuple(context.shape[1:]) != tuple(self.embedding.shape):
             raise ValueError(
                 f"prompt embeddings {list(context.shape)} do not match export {self.folder}'s fixed "

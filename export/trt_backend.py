@@ -33,6 +33,7 @@ from .trt_engines import (
     GpuInfo,
     Profile,
     build_profiles,
+    downsample_factor,
     engine_manifest,
     find_cached_plan,
     row_chunks,
@@ -80,21 +81,24 @@ class TrtBackend:
     Args:
         manifest: the export's manifest.
         device: the engines' device (an indexed CUDA device; the guard of every call).
-        unet, vae: the engines (``feeds, device -> outputs``, e.g. :class:`.trt_runtime.TrtEngine`).
+        unet, vae: the engines (``feeds, device -> outputs``, e.g. :class:`.trt_runtime.TrtEngine`); ``vae`` is
+            None for a pixel-space export (no encoder graph).
         profiles: the profiles the engines were built for (their row limits size the chunks).
         fixed_prompt: the prompt a fixed-prompt export folds in (other prompts are refused), or None.
     """
 
     name = "tensorrt"
 
-    def __init__(self, manifest: dict[str, Any], device: torch.device, unet: Engine, vae: Engine,
+    def __init__(self, manifest: dict[str, Any], device: torch.device, unet: Engine, vae: Engine | None,
                  profiles: dict[str, Profile], fixed_prompt: FixedPrompt | None = None) -> None:
         self.device, self.manifest = device, manifest
         self.dtype = EXPORT_DTYPES[manifest["dtype"]]
         self.geometry = manifest_geometry(manifest)
         self.unet, self.vae = unet, vae
         self.fixed_prompt = fixed_prompt
-        self.max_rows = {"unet": profiles["unet"].max_rows("x_t"), "vae": profiles["vae_encoder"].max_rows("images")}
+        self.max_rows = {"unet": profiles["unet"].max_rows("x_t")}
+        if vae is not None:
+            self.max_rows["vae"] = profiles["vae_encoder"].max_rows("images")
         self._timesteps: dict[int, torch.Tensor] = {}
 
     def _guard(self) -> Any:
@@ -108,24 +112,29 @@ class TrtBackend:
         return tensor
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.vae is None:
+            raise RuntimeError("this export has no encoder graph: its backbone runs in pixel space")
         with self._guard():
             moments = run_in_chunks(lambda x: self.vae({"images": x}, self.device)["moments"], (images,),
                                     self.max_rows["vae"])
             return posterior(moments.float())
 
-    def features(self, latents: torch.Tensor, timestep: int, context: torch.Tensor) -> torch.Tensor:
+    def features(self, latents: torch.Tensor, timestep: int, context: torch.Tensor | None) -> torch.Tensor:
         with self._guard():
             t = self._timestep(timestep)
-            check = self.fixed_prompt.check(context.to(self.device, non_blocking=True)) \
-                if self.fixed_prompt is not None else None
+            check = None
+            if self.fixed_prompt is not None:
+                check = self.fixed_prompt.check(context)
+            # the graph's text input: none with a folded prompt, or for an unconditional backbone (context None)
+            text = context if self.fixed_prompt is None and context is not None else None
 
-            def run(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            def run(x: torch.Tensor, *c: torch.Tensor) -> torch.Tensor:
                 feeds = {"x_t": x, "timestep": t}
-                if self.fixed_prompt is None:
-                    feeds["encoder_hidden_states"] = c
+                if c:
+                    feeds["encoder_hidden_states"] = c[0]
                 return self.unet(feeds, self.device)["features"]
 
-            feats = run_in_chunks(run, (latents, context), self.max_rows["unet"])
+            feats = run_in_chunks(run, (latents,) if text is None else (latents, text), self.max_rows["unet"])
             if check is not None:
                 check.raise_if_other()  # read after the UNet is queued: the GPU keeps working meanwhile
         expected = self.geometry.feature_hw(*latents.shape[-2:])
@@ -142,7 +151,7 @@ def _config_geometry(config: Any, manifest: dict[str, Any]) -> tuple[int, int, t
         config = DiftConfig()  # batch 1, E = 8, 768x768: what an extractor with no overrides runs
         logger.info("no extractor config given: TensorRT profiles assume batch %d, E = %d, %s", config.batch_size,
                     config.ensemble_size, config.image_size)
-    f = int(manifest["graphs"]["vae_encoder"]["downsample_factor"])
+    f = downsample_factor(manifest)
     size = config.image_size
     latent = (int(size[1]) // f, int(size[0]) // f) if size is not None else None
     return int(config.batch_size), int(config.ensemble_size), latent
@@ -171,12 +180,12 @@ def load_trt_backend(folder: Path, manifest: dict[str, Any], device: torch.devic
     engines = {}
     with torch.cuda.device(device):
         gpu = GpuInfo.current(device)
-        for graph in ("unet", "vae_encoder"):
+        for graph in profiles:  # no encoder graph: a pixel-space backbone
             file = manifest["graphs"][graph]["file"]
             plan = load_or_build(folder / ENGINE_SUBDIR, graph, folder / file, manifest["files"][file]["sha256"],
                                  profiles[graph], gpu, no_build=opts.no_build, workspace_bytes=ws)
             engines[graph] = TrtEngine(plan, opts.cuda_graph, name=graph)
-    return TrtBackend(manifest, device, engines["unet"], engines["vae_encoder"], profiles,
+    return TrtBackend(manifest, device, engines["unet"], engines.get("vae_encoder"), profiles,
                       FixedPrompt.of_export(folder, manifest))
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "Profile",
     "build_profiles",
     "check_engine_manifest",
+    "downsample_factor",
     "engine_cache_key",
     "engine_manifest",
     "find_cached_plan",
@@ -111,7 +112,13 @@ def check_engine_manifest(found: Any, expected: dict[str, Any]) -> list[str]:
     return reasons
 
 
-DEFAULT_LATENT_RANGE = (32, 96, 128)  # latent side (min, opt, max) of dynamic exports: 256..1024 px, opt 768
+DEFAULT_PIXEL_RANGE = (256, 768, 1024)  # image side (min, opt, max) of dynamic exports; opt: the presets' size
+
+
+def downsample_factor(manifest: dict[str, Any]) -> int:
+    """Image pixels per latent cell: the encoder graph's factor, 1 for a pixel-space export (no encoder graph)."""
+    graphs = manifest["graphs"]
+    return int(graphs["vae_encoder"]["downsample_factor"]) if "vae_encoder" in graphs else 1
 
 
 def _dims(shape: list[int | str], batch: int, sizes: dict[str, int]) -> tuple[int, ...]:
@@ -135,21 +142,22 @@ def build_profiles(manifest: dict[str, Any], max_images: int, ensemble_size: int
         opt_images: the batch the engines are tuned for (default ``max_images``).
         latent_range: dynamic-size exports: (min, opt, max) latent side, both axes.
         latent_hw: dynamic-size exports without ``latent_range``: the one latent (h, w) the extractor runs (its
-            configured image size); neither: :data:`DEFAULT_LATENT_RANGE`. Static exports keep their sizes.
+            configured image size); neither: :data:`DEFAULT_PIXEL_RANGE` in latent cells. Static exports keep their
+            sizes. An export without an encoder graph (pixel space) gets a UNet profile only.
     """
     _positive("max_images (max_batch)", max_images)
     _positive("ensemble_size", ensemble_size)
     opt = min(_positive("opt_images (opt_batch)", opt_images), max_images) if opt_images is not None else max_images
-    f = manifest["graphs"]["vae_encoder"]["downsample_factor"]
+    f = downsample_factor(manifest)
     if latent_range is not None:
         sides = [(int(v), int(v)) for v in latent_range]
     elif latent_hw is not None:
         sides = [(int(latent_hw[0]), int(latent_hw[1]))] * 3
     else:
-        sides = [(v, v) for v in DEFAULT_LATENT_RANGE]
+        sides = [(px // f, px // f) for px in DEFAULT_PIXEL_RANGE]
     rows = {"unet": ensemble_size, "vae_encoder": 1}
     out = {}
-    for graph in ("unet", "vae_encoder"):
+    for graph in [g for g in ("unet", "vae_encoder") if g in manifest["graphs"]]:
         shapes = {}
         for spec in manifest["graphs"][graph]["inputs"]:
             if spec["name"] == "timestep":

@@ -210,6 +210,21 @@ def test_micro_batches_larger_than_the_profile_run_in_chunks():
     assert len(unet.calls) == 1
 
 
+def test_unconditional_and_pixel_space_exports():
+    """A backbone without text (context None) feeds no prompt input; an export without an encoder graph (pixel
+    space) gets a UNet profile only, its default range in pixels."""
+    backend, unet, _ = fake_backend(max_images=1, ensemble=2)
+    x = torch.randn(3, 4, 6, 8)
+    out = backend.features(x, 51, None)
+    assert torch.equal(out, unet_rows(x, torch.tensor([51]), None))
+    assert [sorted(c) for c in unet.calls] == [["timestep", "x_t"]] * 2
+    manifest = {"graphs": {"unet": {"inputs": [{"name": "x_t", "shape": ["batch", 3, "height", "width"]},
+                                               {"name": "timestep", "shape": [1]}]}}}
+    profiles = build_profiles(manifest, max_images=2, ensemble_size=4)
+    assert list(profiles) == ["unet"]
+    assert profiles["unet"].shapes["x_t"] == ((1, 3, 256, 256), (8, 3, 768, 768), (8, 3, 1024, 1024))
+
+
 def test_timestep_tensor_is_made_once_per_value():
     backend, _, _ = fake_backend(max_images=1, ensemble=2)
     x, ctx = torch.randn(2, 4, 6, 8), torch.randn(2, 77, 32)
