@@ -60,15 +60,26 @@ class TorchBackend:
                 if hasattr(module, "set_processor"):
                     module.set_processor(processor)
 
+        self._timesteps: dict[int, torch.Tensor] = {}
+
+    def _timestep(self, t: int) -> torch.Tensor:
+        """A device tensor per timestep, made once: ``torch.tensor(..., device=cuda)`` per call would copy from
+        pageable host memory, which waits for the stream to drain (a host sync per micro-batch)."""
+        tensor = self._timesteps.get(int(t))
+        if tensor is None:
+            tensor = self._timesteps[int(t)] = torch.tensor([int(t)], dtype=torch.int64, device=self.device)
+        return tensor
+
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, std = self.vae(images.to(self.device, self.dtype))
+        # non_blocking: a host tensor is staged by the copy itself, with no wait for the stream to drain
+        mean, std = self.vae(images.to(self.device, non_blocking=True).to(self.dtype))
         return mean.float(), std.float()
 
     @torch.inference_mode()
     def features(self, latents: torch.Tensor, timestep: int, context: torch.Tensor) -> torch.Tensor:
-        t = torch.tensor([timestep], dtype=torch.int64, device=self.device)
-        return self.unet(latents.to(self.device, self.dtype), t, context.to(self.device, self.dtype))
+        return self.unet(latents.to(self.device, self.dtype), self._timestep(timestep),
+                         context.to(self.device, self.dtype))
 
 
 _FACTORIES: dict[str, Callable[..., Backend]] = {}
@@ -96,13 +107,19 @@ def _entry_points() -> list[Any]:
 
 
 def create_backend(name: str, components: Any, device: torch.device, dtype: torch.dtype,
-                   options: BackendOptions | None = None) -> Backend:
+                   options: BackendOptions | None = None, *, config: Any = None) -> Backend:
     """Build the backend ``name`` for ``components``, with its validated options (None for ``torch``).
 
     The torch backend needs the UNet and VAE weights and loads them when ``components`` came without them; an
     accelerated backend loads them only when it has to (to export, or to check an export against the weights once).
+    ``config`` (the extractor's :class:`~dift_fast.config.DiftConfig`) tells an accelerated backend what it will
+    run: tensorrt sizes its engine profiles from the batch size, ensemble size and image size, and both ONNX
+    backends refuse a static export made for another image size.
     """
     if name == "torch":
         components.ensure_networks()
         return TorchBackend(components.unet, components.vae, device, dtype)
-    return _factory(name)(components, device, dtype, options)
+    factory = _factory(name)
+    if config is None:
+        return factory(components, device, dtype, options)
+    return factory(components, device, dtype, options, config=config)

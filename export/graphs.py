@@ -27,6 +27,7 @@ from dift_fast.atomic import atomic_path
 from dift_fast.geometry import NetworkGeometry
 from dift_fast.prompts import encode_prompt
 
+from .attention import ATTENTION_FORM, fusable_attention
 from .keys import default_cache_dir, export_key, tool_versions, weights_hash
 from .manifest import (
     MANIFEST_NAME,
@@ -97,7 +98,7 @@ def _onnx_dtype_name(dtype: torch.dtype) -> str:
 
 def _trace(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
            output_names: list[str], dynamic_axes: dict[str, dict[int, str]], opset: int) -> None:
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), fusable_attention(module):  # attention in the form TensorRT fuses
         # Tracer warnings about Python bools of shapes are expected: the branches they freeze are the ones wanted.
         warnings.simplefilter("ignore")
         torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset, input_names=input_names,
@@ -206,6 +207,7 @@ def export_onnx(
         "image_size": None if dynamic_size else [W, H],
         "fixed_prompt": None if fixed_prompt is None else {
             "text": fixed_prompt, "embedding_sha256": hashlib.sha256(context.numpy().tobytes()).hexdigest()},
+        "attention": ATTENTION_FORM,
     }
     key = export_key(spec)
     folder = Path(out_dir) if out_dir is not None else default_cache_dir() / key[:24]
