@@ -104,7 +104,8 @@ class OrtBackend:
         opts = _session_options(intra_op_threads)
         graphs = self.manifest["graphs"]
         self.unet = ort.InferenceSession(str(self.folder / graphs["unet"]["file"]), opts, providers=providers)
-        self.vae = ort.InferenceSession(str(self.folder / graphs["vae_encoder"]["file"]), opts, providers=providers)
+        self.vae = (ort.InferenceSession(str(self.folder / graphs["vae_encoder"]["file"]), opts, providers=providers)
+                    if "vae_encoder" in graphs else None)  # a pixel-space backbone (ADM) has no encoder graph
         self.geometry = manifest_geometry(self.manifest)
         self.fixed_context: torch.Tensor | None = None
         if self.manifest["fixed_prompt"] is not None:
@@ -118,18 +119,20 @@ class OrtBackend:
     # -- Backend protocol ---------------------------------------------------------------------------------------
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.vae is None:
+            raise RuntimeError(f"export {self.folder} has no encoder graph: its backbone runs in pixel space")
         n, _, H, W = images.shape
         (moments,) = self._run(self.vae, "vae", {"images": images.to(self.dtype)},
                                {"moments": (n, 2 * self.geometry.latent_channels, *self.geometry.latent_hw(H, W))})
         return posterior(moments.float())
 
-    def features(self, latents: torch.Tensor, timestep: int, context: torch.Tensor) -> torch.Tensor:
+    def features(self, latents: torch.Tensor, timestep: int, context: torch.Tensor | None) -> torch.Tensor:
         n, _, h, w = latents.shape
         feeds = {"x_t": latents.to(self.dtype), "timestep": torch.tensor([int(timestep)], dtype=torch.int64)}
-        if self.fixed_context is None:
-            feeds["encoder_hidden_states"] = context.to(self.dtype)
-        else:
+        if self.fixed_context is not None:
             self._check_prompt(context)
+        elif context is not None:  # None: an unconditional backbone's graph takes no text
+            feeds["encoder_hidden_states"] = context.to(self.dtype)
         fh, fw = self.geometry.feature_hw(h, w)
         (feats,) = self._run(self.unet, "unet", feeds, {"features": (n, self.geometry.feature_channels, fh, fw)})
         return feats

@@ -68,20 +68,22 @@ class TrtBackend:
         ws = int(workspace_gb * (1 << 30)) if workspace_gb else None
         engines = {}
         with torch.cuda.device(device):
-            for graph in ("unet", "vae_encoder"):
+            for graph in [g for g in ("unet", "vae_encoder") if g in manifest["graphs"]]:  # no encoder: pixel space
                 file = manifest["graphs"][graph]["file"]
                 plan = load_or_build(folder / ENGINE_SUBDIR, graph, folder / file, manifest["files"][file]["sha256"],
                                      profiles[graph], gpu, no_build=no_build, workspace_bytes=ws)
                 engines[graph] = TrtEngine(plan, cuda_graph)
-        self.unet, self.vae = engines["unet"], engines["vae_encoder"]
+        self.unet, self.vae = engines["unet"], engines.get("vae_encoder")
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.vae is None:
+            raise RuntimeError(f"export {self.folder} has no encoder graph: its backbone runs in pixel space")
         (moments,) = self.vae({"images": images}, self.device).values()
         return posterior(moments.float())
 
-    def features(self, latents: torch.Tensor, timestep: int, context: torch.Tensor) -> torch.Tensor:
+    def features(self, latents: torch.Tensor, timestep: int, context: torch.Tensor | None) -> torch.Tensor:
         feeds = {"x_t": latents, "timestep": torch.tensor([int(timestep)], dtype=torch.int64, device=self.device)}
-        if not self.fixed_prompt:
+        if not self.fixed_prompt and context is not None:  # None: an unconditional backbone's graph takes no text
             feeds["encoder_hidden_states"] = context
         (feats,) = self.unet(feeds, self.device).values()
         expected = self.geometry.feature_hw(*latents.shape[-2:])

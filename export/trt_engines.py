@@ -115,10 +115,11 @@ def build_profiles(manifest: dict[str, Any], max_batch: int, opt_batch: int | No
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     opt = min(opt_batch or max_batch, max_batch)
-    f = manifest["graphs"]["vae_encoder"]["downsample_factor"]
-    lo, mid, hi = latent_range or (32, 96, 128)  # 256..1024 px, opt 768 (the presets' size)
+    graphs = manifest["graphs"]
+    f = graphs["vae_encoder"]["downsample_factor"] if "vae_encoder" in graphs else 1  # 1: pixel space (ADM)
+    lo, mid, hi = latent_range or tuple(px // f for px in (256, 768, 1024))  # 256..1024 px, opt 768 (the presets')
     out = {}
-    for graph in ("unet", "vae_encoder"):
+    for graph in [g for g in ("unet", "vae_encoder") if g in graphs]:
         shapes = {}
         for spec in manifest["graphs"][graph]["inputs"]:
             if spec["name"] == "timestep":

@@ -33,6 +33,8 @@ def identity_of(
         "revision": config.revision,
         "snapshot": folder.name if folder.parent.name == "snapshots" else None,  # hub commit actually loaded
         "model_fingerprint": model_fingerprint(folder),
+        "backbone": config.backbone,
+        "unet_weights": config.unet_weights,
         "t": config.t,
         "up_ft_index": config.up_ft_index,
         "ensemble_size": config.ensemble_size,
@@ -47,16 +49,24 @@ def identity_of(
 
 
 def model_fingerprint(folder: Path) -> str:
-    """Hash of the component configs and weight file sizes: cheap, and changes when the weights do."""
+    """Hash of the component configs and weight file sizes: cheap, and changes when the weights do.
+
+    ``folder`` may also be a single checkpoint file (ADM: its name and size), or a folder without SD components
+    (an ADM folder: its own configs and checkpoints).
+    """
     h = hashlib.blake2b(digest_size=8)
-    for comp in ("unet", "vae", "text_encoder"):
+    if folder.is_file():
+        h.update(f"{folder.name}:{folder.stat().st_size}".encode())
+        return h.hexdigest()
+    comps = [c for c in ("unet", "vae", "text_encoder") if (folder / c).is_dir()] or ["."]
+    for comp in comps:
         d = folder / comp
         if not d.is_dir():
             continue
         for f in sorted(d.iterdir()):
             if f.suffix == ".json":
                 h.update(f.read_bytes())
-            elif f.suffix in (".safetensors", ".bin"):
+            elif f.suffix in (".safetensors", ".bin", ".pt"):
                 h.update(f"{comp}/{f.name}:{f.stat().st_size}".encode())
     return h.hexdigest()
 
