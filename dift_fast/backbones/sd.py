@@ -235,7 +235,7 @@ class SdBackbone(Backbone):
         if self.unet_weights_file is not None:
             from .unet_weights import load_unet_weights
 
-            load_unet_weights(unet, self.unet_weights_file, dtype=torch.float32)
+            load_unet_weights(unet, self.unet_weights_file)  # cast into the (float32) UNet
         truncated = TruncatedUNet(unet, block)
         del unet  # later up blocks, conv_norm_out and conv_out go with it
         gc.collect()
