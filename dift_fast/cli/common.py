@@ -28,9 +28,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model and configuration")
     g.add_argument(
         "--model",
-        default=DEFAULT_MODEL,
-        help=f"SD: hub id, diffusers folder or tiny-random (default {DEFAULT_MODEL}); DIFT_adm: the checkpoint "
-        "256x256_diffusion_uncond.pt or tiny-random-adm",
+        default=None,
+        help=f"SD: hub id, diffusers folder or tiny-random (default {DEFAULT_MODEL}, unless the preset names one); "
+        "DIFT_adm: the checkpoint 256x256_diffusion_uncond.pt or tiny-random-adm",
     )
     g.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     g.add_argument(
@@ -94,8 +94,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """DiftConfig overrides from the parsed options (only the ones given)."""
-    out: dict[str, Any] = {"model": args.model}
+    out: dict[str, Any] = {}
     for field in (
+        "model",
         "revision",
         "unet_weights",
         "t",

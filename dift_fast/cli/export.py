@@ -27,8 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the graphs and manifest.json")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"SD hub id, diffusers folder or tiny-random (default "
-                                                          f"{DEFAULT_MODEL}); ADM checkpoint or tiny-random-adm")
+    p.add_argument("--model", default=None, help=f"SD hub id, diffusers folder or tiny-random (default "
+                                                 f"{DEFAULT_MODEL}, unless the preset names one); ADM checkpoint or "
+                                                 "tiny-random-adm")
     p.add_argument("--revision", default=None, help="hub revision")
     p.add_argument("--preset", default=None, choices=list(PRESETS),
                    help="backbone, block and size (default spair, or adm-spair for a checkpoint file)")
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         graphs = importlib.import_module("dift_fast.export.graphs")
     except ImportError as err:
         raise RuntimeError(f"export needs the onnx extra (pip install 'dift-fast[onnx]'): {err}") from None
-    overrides = {"model": args.model, "revision": args.revision}
+    overrides = {k: v for k, v in (("model", args.model), ("revision", args.revision)) if v is not None}
     if args.unet_weights is not None:
         overrides["unet_weights"] = args.unet_weights
     if args.up_ft_index is not None:
