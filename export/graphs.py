@@ -177,7 +177,7 @@ def export_onnx(
     if dtype == "bf16" and opset < BF16_OPSET:
         raise ValueError(f"bf16 graphs need opset >= {BF16_OPSET} (bfloat16 Conv/MatMul); got {opset}")
     backbone = components.backbone
-    conditioned = components.text_encoder is not None
+    conditioned = backbone.conditioned
     if fixed_prompt is not None and not conditioned:
         raise ValueError(f"backbone {backbone.name!r} takes no text: a fixed prompt does not apply")
     components.ensure_networks()  # components loaded for an accelerated backend come without them
