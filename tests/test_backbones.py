@@ -361,3 +361,19 @@ def test_ensemble_latents_draws_only_the_streams_that_exist(use_native, posterio
     expected = (a * z0 + b * normals(DIFFUSION_STREAM) if diffusion else z0.expand(2, e, 3, 5, 6)).flatten(0, 1)
     # The twin uses numpy's normals: exact. The kernel's agree with them within 4 ulp (spec §3).
     torch.testing.assert_close(out, expected, rtol=0 if not use_native else 4e-6, atol=0 if not use_native else 1e-6)
+
+
+def test_block_tables_match_the_spec():
+    """block_info from the architecture configs alone: spec §2's SD table and the ADM blocks the presets use."""
+    from dift_fast.architectures import architecture_dir
+
+    sd = DiftConfig(model=str(architecture_dir("sd21")))
+    from dift_fast.backbones.registry import backbone_for
+
+    table = [backbone_for(sd).block_info(k) for k in range(4)]
+    assert [(b.channels, b.stride) for b in table] == [(1280, 32), (1280, 16), (640, 8), (320, 8)]
+    adm = backbone_for(DiftConfig(backbone="adm", model="adm", image_size=(512, 512), up_ft_index=4))
+    assert [(adm.block_info(k).channels, adm.block_info(k).stride) for k in (4, 7, 11)] == [(1024, 16), (512, 8),
+                                                                                             (512, 2)]
+    with pytest.raises(ValueError, match=r"0\.\.17"):
+        adm.block_info(18)
