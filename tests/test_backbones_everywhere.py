@@ -18,8 +18,17 @@ from dift_fast.loading import load_components
 from dift_fast.tiny import tiny_cleandift_weights
 
 ADM_SIZE = (64, 96)
-ADM_ARGS = ["--model", "tiny-random-adm", "--preset", "adm-spair", "--ensemble-size", "2", "--device", "cpu",
-            "--no-progress"]
+ADM_ARGS = [
+    "--model",
+    "tiny-random-adm",
+    "--preset",
+    "adm-spair",
+    "--ensemble-size",
+    "2",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 # fp32 graphs: onnxruntime and torch differ only in the order of float32 sums; ~1e-6 observed (as for SD).
 FP32_TOL = 1e-4
 
@@ -37,8 +46,10 @@ def _one_thread():
 
 
 def adm_config(**changes) -> DiftConfig:
-    return DiftConfig.from_preset("adm-spair", **{"model": "tiny-random-adm", "image_size": ADM_SIZE,
-                                                   "ensemble_size": 2, "device": "cpu", **changes})
+    return DiftConfig.from_preset(
+        "adm-spair",
+        **{"model": "tiny-random-adm", "image_size": ADM_SIZE, "ensemble_size": 2, "device": "cpu", **changes},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -111,13 +122,41 @@ def test_cli_export_adm_then_extract_with_onnxruntime(tmp_path):
         paths.append(str(tmp_path / f"im{i}.png"))
         Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(paths[-1])
     export = tmp_path / "export"
-    assert main(["export", "--preset", "adm-spair", "--model", "tiny-random-adm", "--out", str(export),
-                 "--image-size", "64x96"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--preset",
+                "adm-spair",
+                "--model",
+                "tiny-random-adm",
+                "--out",
+                str(export),
+                "--image-size",
+                "64x96",
+            ]
+        )
+        == 0
+    )
     assert json.loads((export / "manifest.json").read_text())["config"]["backbone"] == "adm"
     common = [*ADM_ARGS, "--image-size", "64x96"]
     assert main(["extract", *paths, "--out", str(tmp_path / "t.safetensors"), *common]) == 0
-    assert main(["extract", *paths, "--out", str(tmp_path / "o.safetensors"), "--backend", "onnxruntime",
-                 "--export-dir", str(export), *common]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                *paths,
+                "--out",
+                str(tmp_path / "o.safetensors"),
+                "--backend",
+                "onnxruntime",
+                "--export-dir",
+                str(export),
+                *common,
+            ]
+        )
+        == 0
+    )
     ref, out = load_features(tmp_path / "t.safetensors"), load_features(tmp_path / "o.safetensors")
     assert ref.config.backbone == "adm" and rel_l2(out.features, ref.features) < FP32_TOL
 
@@ -125,8 +164,9 @@ def test_cli_export_adm_then_extract_with_onnxruntime(tmp_path):
 def test_an_export_of_another_backbone_is_refused(adm_export, tiny_model_dir):
     from dift_fast.backend_options import OrtOptions
 
-    config = DiftConfig.from_preset("spair", model=str(tiny_model_dir), image_size=(64, 48), ensemble_size=1,
-                                    device="cpu", backend="onnxruntime")
+    config = DiftConfig.from_preset(
+        "spair", model=str(tiny_model_dir), image_size=(64, 48), ensemble_size=1, device="cpu", backend="onnxruntime"
+    )
     with pytest.raises(ValueError, match=r"backbone 'adm', the extractor runs 'sd'"):
         DiftExtractor.from_pretrained(config=config, backend_options=OrtOptions(export_dir=adm_export[0]))
 
@@ -137,8 +177,13 @@ def test_cleandift_unet_exports_and_matches_torch(tiny_model_dir, tmp_path):
 
     from dift_fast.backend_options import OrtOptions
 
-    config = DiftConfig.from_preset("cleandift", model=str(tiny_model_dir), unet_weights=str(tiny_cleandift_weights()),
-                                    image_size=(64, 48), device="cpu")
+    config = DiftConfig.from_preset(
+        "cleandift",
+        model=str(tiny_model_dir),
+        unet_weights=str(tiny_cleandift_weights()),
+        image_size=(64, 48),
+        device="cpu",
+    )
     comps = load_components(config)
     folder, manifest = export_onnx(comps, tmp_path / "clean", image_size=(64, 48), config=config)
     assert sorted(manifest["files"]) == ["unet.onnx", "vae_encoder.onnx"] and manifest["backbone"] == "cleandift"
@@ -172,8 +217,23 @@ def test_store_on_tiny_adm_and_its_identity(tmp_path, capsys):
     torch.testing.assert_close(stored.float(), expected.half().float(), rtol=0, atol=0)  # stored in fp16
     assert main(args) == 0  # resumes: the same identity
     # An SD run into the ADM store is refused (another identity), and the store is left as it was.
-    code = main(["extract", str(images), "--out", str(store), "--model", "tiny-random", "--image-size", "64x64",
-                 "--ensemble-size", "2", "--device", "cpu", "--no-progress"])
+    code = main(
+        [
+            "extract",
+            str(images),
+            "--out",
+            str(store),
+            "--model",
+            "tiny-random",
+            "--image-size",
+            "64x64",
+            "--ensemble-size",
+            "2",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert code == 2 and "backbone: store has 'adm', this run 'sd'" in capsys.readouterr().err
     assert FeatureStore.open(store).meta["identity"]["backbone"] == "adm"
 
@@ -218,10 +278,21 @@ def test_a_new_backbone_is_one_class_and_one_card(tiny_model_dir, monkeypatch, t
         name = "sd15"
 
     card = dataclasses.replace(
-        catalog.CARDS["sd"], name="sd15", title="Stable Diffusion 1.5", default_preset="sd15-spair",
-        presets={"sd15-spair": {"image_size": (64, 48), "t": 261, "up_ft_index": 1, "ensemble_size": 2,
-                                "model": str(tiny_model_dir)}},
-        benchmark_presets=dict.fromkeys(catalog.CARDS["sd"].benchmark_presets, "sd15-spair"))
+        catalog.CARDS["sd"],
+        name="sd15",
+        title="Stable Diffusion 1.5",
+        default_preset="sd15-spair",
+        presets={
+            "sd15-spair": {
+                "image_size": (64, 48),
+                "t": 261,
+                "up_ft_index": 1,
+                "ensemble_size": 2,
+                "model": str(tiny_model_dir),
+            }
+        },
+        benchmark_presets=dict.fromkeys(catalog.CARDS["sd"].benchmark_presets, "sd15-spair"),
+    )
     monkeypatch.setitem(catalog.CARDS, "sd15", card)
     monkeypatch.setitem(registry.IMPLEMENTATIONS, "sd15", Sd15Backbone)
 
@@ -232,10 +303,15 @@ def test_a_new_backbone_is_one_class_and_one_card(tiny_model_dir, monkeypatch, t
     ext = DiftExtractor.from_pretrained(preset="sd15-spair", device="cpu")
     sd = DiftExtractor.from_pretrained(str(tiny_model_dir), image_size=(64, 48), ensemble_size=2, device="cpu")
     images = make_images(tmp_path / "imgs", 2, bad=False)
-    assert torch.equal(ext.extract(str(images / "b" / "deep" / "img00.jpg")),
-                       sd.extract(str(images / "b" / "deep" / "img00.jpg")))  # the same model under another name
+    assert torch.equal(
+        ext.extract(str(images / "b" / "deep" / "img00.jpg")), sd.extract(str(images / "b" / "deep" / "img00.jpg"))
+    )  # the same model under another name
     assert ext.model_identity()["backbone"] == "sd15"
     store = tmp_path / "store"
-    assert main(["extract", str(images), "--out", str(store), "--preset", "sd15-spair", "--device", "cpu",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            ["extract", str(images), "--out", str(store), "--preset", "sd15-spair", "--device", "cpu", "--no-progress"]
+        )
+        == 0
+    )
     assert FeatureStore.open(store).meta["identity"]["backbone"] == "sd15"

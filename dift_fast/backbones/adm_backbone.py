@@ -71,12 +71,16 @@ class AdmBackbone(Backbone):
     @staticmethod
     def _folder_checkpoint(folder: Path) -> Path:
         if not (folder / "config.json").is_file():
-            raise ModelLoadError(f"ADM model folder {folder} has no config.json (a diffusers UNet2DModel config); "
-                                 f"or pass the checkpoint file itself")
+            raise ModelLoadError(
+                f"ADM model folder {folder} has no config.json (a diffusers UNet2DModel config); "
+                f"or pass the checkpoint file itself"
+            )
         found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in CHECKPOINT_SUFFIXES)
         if len(found) != 1:
-            raise ModelLoadError(f"ADM model folder {folder} must hold exactly one checkpoint "
-                                 f"({', '.join(CHECKPOINT_SUFFIXES)}); found {[p.name for p in found]}")
+            raise ModelLoadError(
+                f"ADM model folder {folder} must hold exactly one checkpoint "
+                f"({', '.join(CHECKPOINT_SUFFIXES)}); found {[p.name for p in found]}"
+            )
         return found[0]
 
     @property
@@ -119,18 +123,29 @@ class AdmBackbone(Backbone):
 
     def content_hash(self) -> str:
         """sha256 over the checkpoint's sha256, the converter version and the architecture config."""
-        return content_digest({"checkpoint_sha256": file_sha256(self.checkpoint),
-                               "converter_version": ADM_CONVERTER_VERSION, "architecture": self.architecture})
+        return content_digest(
+            {
+                "checkpoint_sha256": file_sha256(self.checkpoint),
+                "converter_version": ADM_CONVERTER_VERSION,
+                "architecture": self.architecture,
+            }
+        )
 
     def load_network(self, block: int, dtype: torch.dtype = torch.float32) -> TruncatedADM:
-        return load_adm_truncated(self.checkpoint, self.check_block(block), dtype=dtype,
-                                  config=dict(self.architecture))
+        return load_adm_truncated(self.checkpoint, self.check_block(block), dtype=dtype, config=dict(self.architecture))
 
     def costs(self, image_size: tuple[int, int], block: int) -> Any:
         from ..flops import CostReport
         from .adm_costs import measure_adm_costs
 
         report = measure_adm_costs(image_size, self.check_block(block), dict(self.architecture))
-        return CostReport(image_size=report.image_size, block=block, network_parameters=report.truncated_parameters,
-                          network_total_parameters=report.total_parameters, encoder_parameters=None,
-                          text_encoder_parameters=None, encoder_flops=0, network_flops=report.flops)
+        return CostReport(
+            image_size=report.image_size,
+            block=block,
+            network_parameters=report.truncated_parameters,
+            network_total_parameters=report.total_parameters,
+            encoder_parameters=None,
+            text_encoder_parameters=None,
+            encoder_flops=0,
+            network_flops=report.flops,
+        )

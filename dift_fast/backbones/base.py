@@ -68,8 +68,9 @@ class FeatureNetwork(Protocol):
 
     def general_size_trace(self) -> AbstractContextManager[None]: ...
 
-    def __call__(self, x_t: torch.Tensor, timestep: Any, context: torch.Tensor | None = None,
-                 blocks: Any = None) -> Any: ...
+    def __call__(
+        self, x_t: torch.Tensor, timestep: Any, context: torch.Tensor | None = None, blocks: Any = None
+    ) -> Any: ...
 
 
 def content_digest(parts: dict[str, Any]) -> str:
@@ -125,8 +126,10 @@ class Backbone(ABC):
     def check_block(self, block: int) -> int:
         """``block`` if it is one of this backbone's feature blocks; else ValueError naming the range."""
         if isinstance(block, bool) or not isinstance(block, int) or not 0 <= block < self.num_blocks:
-            raise ValueError(f"block {block!r} is not a feature block of backbone {self.name!r}: allowed are "
-                             f"0..{self.num_blocks - 1} ({self.card.blocks})")
+            raise ValueError(
+                f"block {block!r} is not a feature block of backbone {self.name!r}: allowed are "
+                f"0..{self.num_blocks - 1} ({self.card.blocks})"
+            )
         return block
 
     @abstractmethod
@@ -172,8 +175,11 @@ class Backbone(ABC):
         calls and later processes read :mod:`dift_fast.hashing`'s cache) and kept.
         """
         if self._identity is None:
-            self._identity = {"backbone": self.name, "content_hash": self.content_hash(),
-                              "schedule": self.schedule.describe()}
+            self._identity = {
+                "backbone": self.name,
+                "content_hash": self.content_hash(),
+                "schedule": self.schedule.describe(),
+            }
         return dict(self._identity)
 
     # -- loading -----------------------------------------------------------------------------------------------

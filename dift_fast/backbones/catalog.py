@@ -1,8 +1,8 @@
 """What every backbone is, as plain data: its name, feature blocks, size rule, presets and benchmark protocols.
 
 This is the one table :class:`~dift_fast.config.DiftConfig` validates against and takes its presets from; it
-imports nothing, so the config never loads a model library. The code that loads and runs a backbone is its
-module (:mod:`.sd`, :mod:`.cleandift`, :mod:`.adm_backbone`), found through :mod:`.registry`.
+imports nothing from the package, so the config never loads a model library. The code that loads and runs a
+backbone is its module (:mod:`.sd`, :mod:`.cleandift`, :mod:`.adm_backbone`), found through :mod:`.registry`.
 
 Adding a backbone: one :class:`BackboneCard` here (with its presets), one module with a
 :class:`~dift_fast.backbones.base.Backbone` subclass, and one line in :mod:`.registry` (docs/backbones.md).
@@ -10,6 +10,7 @@ Adding a backbone: one :class:`BackboneCard` here (with its presets), one module
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +72,13 @@ _ADM_PRESETS = {
 CLEANDIFT_UNET_WEIGHTS = "CompVis/cleandift/cleandift_sd21_unet.safetensors"  # hub repo + file
 _CLEANDIFT_PRESETS = {
     # CleanDIFT (spec §6): SD 2.1 with CleanDIFT's UNet, 768², t=261 without noise, up block 1 (its us6), E=1.
-    "cleandift": {"image_size": (768, 768), "t": 261, "up_ft_index": 1, "ensemble_size": 1,
-                  "unet_weights": CLEANDIFT_UNET_WEIGHTS},
+    "cleandift": {
+        "image_size": (768, 768),
+        "t": 261,
+        "up_ft_index": 1,
+        "ensemble_size": 1,
+        "unet_weights": CLEANDIFT_UNET_WEIGHTS,
+    },
 }
 _BENCHMARKS = ("spair", "pf-willow", "hpatches", "davis", "jhmdb", "synthetic-homography")
 
@@ -80,8 +86,14 @@ _BENCHMARKS = ("spair", "pf-willow", "hpatches", "davis", "jhmdb", "synthetic-ho
 def _protocols(spair: str, hpatches: str, davis: str) -> dict[str, str]:
     # PF-WILLOW uses SPair's settings, JHMDB DAVIS's (DIFT's code gives none of its own), the synthetic
     # homography check HPatches'.
-    return {"spair": spair, "pf-willow": spair, "hpatches": hpatches, "davis": davis, "jhmdb": davis,
-            "synthetic-homography": hpatches}
+    return {
+        "spair": spair,
+        "pf-willow": spair,
+        "hpatches": hpatches,
+        "davis": davis,
+        "jhmdb": davis,
+        "synthetic-homography": hpatches,
+    }
 
 
 # name -> card. A new backbone adds its card here (and its class in registry.IMPLEMENTATIONS).
@@ -122,7 +134,7 @@ CARDS: dict[str, BackboneCard] = {
         size_multiple=32,
         conditioned=False,
         model_help="the guided-diffusion checkpoint 256x256_diffusion_uncond.pt, a folder with config.json and one "
-                   "checkpoint, or 'tiny-random-adm'",
+        "checkpoint, or 'tiny-random-adm'",
         model_names=("tiny-random-adm", "adm", "adm256"),
         takes_unet_weights=False,
         default_preset="adm-spair",
@@ -174,16 +186,25 @@ def preset_card(preset: str) -> BackboneCard:
 def default_preset_for_model(model: str | None) -> str:
     """The preset a model gets when none is named: the default preset of the backbone its name points to.
 
-    A model that is one weights file (``.pt``, ``.pth``, ``.safetensors``, ``.ckpt``) or a special name of a
-    backbone (``tiny-random-adm``) points to that backbone; anything else (a hub id, a diffusers folder) to SD.
+    A model that is one weights file (``.pt``, ``.pth``, ``.safetensors``, ``.ckpt``), a folder whose ``config.json``
+    is a ``UNet2DModel``'s (an ADM model folder) or a special name of a backbone (``tiny-random-adm``) points to
+    that backbone; anything else (a hub id, a diffusers pipeline folder) to SD.
     """
     if model:
         for c in CARDS.values():
             if model in c.model_names:
                 return c.default_preset
-        if Path(model).suffix.lower() in CHECKPOINT_SUFFIXES:
+        path = Path(model).expanduser()
+        if path.suffix.lower() in CHECKPOINT_SUFFIXES or _is_unet2d_folder(path):
             return CARDS["adm"].default_preset
     return CARDS["sd"].default_preset
+
+
+def _is_unet2d_folder(path: Path) -> bool:
+    try:
+        return json.loads((path / "config.json").read_text()).get("_class_name") == "UNet2DModel"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def protocol_preset(benchmark: str, backbone: str = "sd") -> str:

@@ -22,7 +22,6 @@ IMPLEMENTATIONS: dict[str, type[Backbone]] = {
 }
 
 
-
 def backbone_for(config: Any) -> Backbone:
     """The backbone of ``config`` (a :class:`~dift_fast.DiftConfig`), bound to its model; nothing is loaded yet."""
     if config.backbone not in IMPLEMENTATIONS:

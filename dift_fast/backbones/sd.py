@@ -230,8 +230,9 @@ class SdBackbone(Backbone):
 
         self.check_block(block)
         fast = _fast_loading()
-        unet = _load(self.source, "unet",
-                     lambda p: UNet2DConditionModel.from_pretrained(p, torch_dtype=torch.float32, **fast))
+        unet = _load(
+            self.source, "unet", lambda p: UNet2DConditionModel.from_pretrained(p, torch_dtype=torch.float32, **fast)
+        )
         if self.unet_weights_file is not None:
             from .unet_weights import load_unet_weights
 
@@ -245,8 +246,9 @@ class SdBackbone(Backbone):
         from diffusers import AutoencoderKL
 
         fast = _fast_loading()
-        vae_full = _load(self.source, "vae", lambda p: AutoencoderKL.from_pretrained(p, torch_dtype=torch.float32,
-                                                                                      **fast))
+        vae_full = _load(
+            self.source, "vae", lambda p: AutoencoderKL.from_pretrained(p, torch_dtype=torch.float32, **fast)
+        )
         vae = VaeEncoder(vae_full)
         del vae_full  # the decoder is never kept
         gc.collect()
@@ -255,8 +257,9 @@ class SdBackbone(Backbone):
     def load_text_encoder(self) -> tuple[nn.Module, Any]:
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        text_encoder = _load(self.source, "text_encoder",
-                             lambda p: CLIPTextModel.from_pretrained(p, torch_dtype=torch.float32))
+        text_encoder = _load(
+            self.source, "text_encoder", lambda p: CLIPTextModel.from_pretrained(p, torch_dtype=torch.float32)
+        )
         tokenizer = _load(self.source, "tokenizer", CLIPTokenizer.from_pretrained)
         return text_encoder.eval().requires_grad_(False), tokenizer
 
@@ -270,5 +273,10 @@ class SdBackbone(Backbone):
         configs = self.component_configs
         with torch.device("meta"):
             text = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
-        return measure_costs(configs["unet"], configs["vae"], image_size, self.check_block(block),
-                             text_encoder_parameters=count_parameters(text))
+        return measure_costs(
+            configs["unet"],
+            configs["vae"],
+            image_size,
+            self.check_block(block),
+            text_encoder_parameters=count_parameters(text),
+        )

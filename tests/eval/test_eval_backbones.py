@@ -29,7 +29,9 @@ def _report(out, bench):
 
 def test_propagation_settings_follow_the_preset():
     assert (PropagationParams.for_preset("adm-davis").temperature, PropagationParams.for_preset("adm-davis").topk) == (
-        0.1, 10)
+        0.1,
+        10,
+    )
     assert PropagationParams.for_preset("davis") == PropagationParams() == PropagationParams.for_preset(None)
     assert (PropagationParams().temperature, PropagationParams().topk) == (0.2, 15)
 
@@ -54,19 +56,44 @@ def test_video_benchmarks_on_tiny_adm_use_adm_davis(davis_root, jhmdb_root, tmp_
     for bench, root in (("davis", davis_root), ("jhmdb", jhmdb_root)):
         out = tmp_path / bench
         # short side 64: the frames must be multiples of 32 for ADM
-        assert main(["eval", bench, "--root", str(root), "--short-side", "64", "--limit", "1", "--out", str(out),
-                     *ADM]) == 0
+        assert (
+            main(["eval", bench, "--root", str(root), "--short-side", "64", "--limit", "1", "--out", str(out), *ADM])
+            == 0
+        )
         data = _report(out, bench)
         assert (data["config"]["backbone"], data["config"]["preset"], data["config"]["up_ft_index"]) == (
-            "adm", "adm-davis", 7)
+            "adm",
+            "adm-davis",
+            7,
+        )
         params = data["details"]["propagation"]["params"]
         assert (params["temperature"], params["topk"]) == (0.1, 10)  # DIFT's DAVIS settings for ADM
 
 
 def test_cleandift_preset_runs_a_benchmark(tiny_model_dir, spair_root, tmp_path):
     out = tmp_path / "out"
-    assert main(["eval", "spair", "--root", str(spair_root), "--model", "tiny-random", "--preset", "cleandift",
-                 "--image-size", "64x48", "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "spair",
+                "--root",
+                str(spair_root),
+                "--model",
+                "tiny-random",
+                "--preset",
+                "cleandift",
+                "--image-size",
+                "64x48",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     data = _report(out, "spair")
     assert (data["config"]["backbone"], data["config"]["ensemble_size"], data["config"]["t"]) == ("cleandift", 1, 261)
     assert data["reported"] == {}
@@ -74,6 +101,5 @@ def test_cleandift_preset_runs_a_benchmark(tiny_model_dir, spair_root, tmp_path)
 
 def test_synthetic_homography_on_tiny_adm(tmp_path):
     out = tmp_path / "out"
-    assert main(["eval", "synthetic-homography", "--image-size", "64x64", "--limit", "2", "--out", str(out),
-                 *ADM]) == 0
+    assert main(["eval", "synthetic-homography", "--image-size", "64x64", "--limit", "2", "--out", str(out), *ADM]) == 0
     assert _report(out, "synthetic-homography")["config"]["preset"] == "adm-hpatches"
