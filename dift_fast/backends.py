@@ -9,7 +9,7 @@ typed options are in :mod:`dift_fast.backend_options`.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -106,10 +106,14 @@ class TorchBackend:
         return mean.float(), std.float()
 
     @torch.inference_mode()
-    def features(self, latents: torch.Tensor, timestep: int, context: torch.Tensor | None) -> torch.Tensor:
+    def features(
+        self, latents: torch.Tensor, timestep: int, context: torch.Tensor | None, blocks: Sequence[int] | None = None
+    ) -> torch.Tensor | dict[int, torch.Tensor]:
+        """The feature block's output; with ``blocks``, ``{k: features}`` of each block from one network pass."""
         t = torch.tensor([timestep], dtype=torch.int64, device=self.device)
         ctx = context.to(self.device, self.dtype) if context is not None else None
-        return self.network(latents.to(self.device, self.dtype), t, ctx)
+        x = latents.to(self.device, self.dtype)
+        return self.network(x, t, ctx) if blocks is None else self.network(x, t, ctx, blocks=blocks)
 
 
 _FACTORIES: dict[str, Callable[..., Backend]] = {}

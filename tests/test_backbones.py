@@ -453,3 +453,11 @@ def test_the_default_preset_follows_the_model(tmp_path):
         assert default_preset_for_model(model) == "adm-spair", model
     (tmp_path / "config.json").write_text("{not json")
     assert default_preset_for_model(str(tmp_path)) == "spair"  # unreadable: not an ADM folder
+
+
+def test_torch_backend_returns_several_blocks_from_one_pass(adm_components):
+    ext = DiftExtractor(adm_components[17], adm_config(up_ft_index=17))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    both = ext.backend.features(x, 101, None, blocks=(4, 17))
+    assert torch.equal(both[17], ext.backend.features(x, 101, None))
+    assert torch.equal(both[4], DiftExtractor(adm_components[4], adm_config()).backend.features(x, 101, None))
