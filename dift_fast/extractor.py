@@ -160,7 +160,8 @@ class DiftExtractor:
         The onnxruntime and tensorrt backends load only the text encoder and tokenizer when their export has been
         checked against this model's weights before; the network and encoder weights are read only to export or
         to check. With the torch backend on a GPU or in half precision, the float32 CPU networks loaded here are
-        dropped once the backend holds its copies (``components.ensure_networks()`` loads them again).
+        dropped once the backend holds its copies (``components.ensure_networks()`` loads them again), and the
+        components' text encoder is the extractor's (on the device).
         """
         if model_id_or_path is not None:
             overrides["model"] = model_id_or_path
@@ -173,8 +174,11 @@ class DiftExtractor:
         options = backend_options_for(config.backend, backend_options)
         components = load_components(config, networks=config.backend == "torch")
         extractor = cls(components, config, options)
+        # The components were loaded here, for this extractor only: keep one copy of each module, not two.
         if config.backend == "torch" and (extractor.device.type != "cpu" or extractor.dtype != torch.float32):
-            components.release_networks()  # the backend runs converted copies; these were loaded only for it
+            components.release_networks()  # the backend runs converted copies
+        if extractor.text_encoder is not None:
+            components.text_encoder = extractor.text_encoder  # float32 on the device (the same one on the CPU)
         return extractor
 
     def model_identity(self) -> dict[str, Any]:

@@ -33,8 +33,6 @@ def identity_of(
         "revision": config.revision,
         "snapshot": folder.name if folder.parent.name == "snapshots" else None,  # hub commit actually loaded
         "model_fingerprint": model_fingerprint(folder),
-        "backbone": config.backbone,
-        "unet_weights": config.unet_weights,
         "t": config.t,
         "up_ft_index": config.up_ft_index,
         "ensemble_size": config.ensemble_size,
@@ -45,6 +43,10 @@ def identity_of(
         "store_dtype": store_dtype,
         "pca_dim": pca_dim,
         "pca_sample": pca_sample if pca_dim else None,
+        # Recorded when they differ from what a store made before backbones existed means (SD, its own UNet), so
+        # those stores keep their identity; a store of another backbone or UNet never matches an SD run.
+        **({"backbone": config.backbone} if config.backbone != "sd" else {}),
+        **({"unet_weights": config.unet_weights} if config.unet_weights is not None else {}),
     }
 
 
