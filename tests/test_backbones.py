@@ -461,3 +461,29 @@ def test_torch_backend_returns_several_blocks_from_one_pass(adm_components):
     both = ext.backend.features(x, 101, None, blocks=(4, 17))
     assert torch.equal(both[17], ext.backend.features(x, 101, None))
     assert torch.equal(both[4], DiftExtractor(adm_components[4], adm_config()).backend.features(x, 101, None))
+
+
+@pytest.mark.slow
+def test_real_size_adm_checkpoint_through_the_extractor(tmp_path, monkeypatch):
+    """A real-size guided-diffusion checkpoint (random weights, 2.2 GB) given as --model PATH.pt: the packaged
+    adm256 architecture, conversion cached on the first load, features as the semantics say."""
+    from dift_fast.backbones.adm import adm_config, build_adm_unet
+    from dift_fast.backbones.adm_convert import to_guided_diffusion_state_dict
+
+    monkeypatch.setenv("DIFT_FAST_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "256x256_diffusion_uncond.pt"
+    torch.manual_seed(0)
+    unet = build_adm_unet(adm_config(), device="cpu")
+    torch.save(to_guided_diffusion_state_dict(unet.state_dict(), adm_config()), path)
+    del unet
+    ext = DiftExtractor.from_pretrained(str(path), image_size=(64, 96), ensemble_size=1, device="cpu")
+    assert (ext.config.preset, ext.geometry.feature_channels) == ("adm-spair", 1024)
+    assert len(list((tmp_path / "cache" / "adm").iterdir())) == 1  # the converted weights are cached
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.rand(1, 3, 96, 64, generator=gen) * 2 - 1
+    eps = torch.randn(1, 1, 3, 96, 64, generator=gen)
+    layout = gd_layout(256, (1, 1, 2, 2, 4, 4), 2, {8, 16, 32}, 64)  # guided-diffusion's 256x256 flags
+    state = torch.load(path, weights_only=True)
+    assert rel_l2(ext.extract(pixels, noise=(None, eps)), adm_reference(layout, state, pixels, 101, 4, eps)) <= (
+        FP32_BOUND
+    )
