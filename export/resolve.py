@@ -2,9 +2,10 @@
 
 Checking that an export was made from the model's weights means hashing the UNet and VAE weights (~3.5 GB for SD
 2.1), so a successful check is remembered: a small marker under ``cache_root()/export-checks`` keyed by the
-export's weights hash, its backbone and block, and the (size, mtime, ctime, inode) of every weight file of the model
-(``Backbone.weight_files``: an SD folder's components, an ADM checkpoint, a CleanDIFT UNet file). While those files are unchanged, the next backend built on the same model and export loads
-neither the UNet nor the VAE and hashes nothing. Components whose networks are already in memory are always
+export's weights hash, its backbone and block, and the (size, mtime, ctime, inode) of every weight file of the
+model (``Backbone.weight_files``: an SD folder's components, an ADM checkpoint, a CleanDIFT UNet file). While those
+files are unchanged, the next backend built on the same model and export loads neither the network nor the encoder
+and hashes nothing. Components whose networks are already in memory are always
 hashed: their weights may have been changed after loading.
 """
 
