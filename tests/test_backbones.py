@@ -487,3 +487,20 @@ def test_real_size_adm_checkpoint_through_the_extractor(tmp_path, monkeypatch):
     assert rel_l2(ext.extract(pixels, noise=(None, eps)), adm_reference(layout, state, pixels, 101, 4, eps)) <= (
         FP32_BOUND
     )
+
+
+def test_bad_adm_model_folders_are_named(tmp_path):
+    import shutil
+
+    folder = tmp_path / "adm"
+    shutil.copytree(tiny_adm_dir(), folder)
+    (folder / "config.json").write_text("[1, 2]")
+    with pytest.raises(ModelLoadError, match=r"adm: config\.json is not a diffusers UNet2DModel config"):
+        load_components(adm_config(model=str(folder)))
+    (folder / "config.json").write_text("{broken")
+    with pytest.raises(ModelLoadError, match=r"config\.json is unreadable"):
+        load_components(adm_config(model=str(folder)))
+    shutil.copy(tiny_adm_dir() / "config.json", folder / "config.json")
+    shutil.copy(folder / TINY_ADM_CHECKPOINT, folder / "other.pt")
+    with pytest.raises(ModelLoadError, match=r"exactly one checkpoint.*other\.pt.*tiny_adm\.pt"):
+        load_components(adm_config(model=str(folder)))

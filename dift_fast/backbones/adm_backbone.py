@@ -98,7 +98,16 @@ class AdmBackbone(Backbone):
             return tiny_adm_config()
         path = Path(self.model_id).expanduser()
         if self.model_id not in ARCHITECTURE_ONLY and path.is_dir() and (path / "config.json").is_file():
-            return json.loads((path / "config.json").read_text())
+            try:
+                config = json.loads((path / "config.json").read_text())
+            except (OSError, ValueError) as err:
+                raise ModelLoadError(f"ADM model folder {path}: config.json is unreadable ({err})") from None
+            if not isinstance(config, dict) or config.get("_class_name") != "UNet2DModel":
+                raise ModelLoadError(
+                    f"ADM model folder {path}: config.json is not a diffusers UNet2DModel config "
+                    f"(_class_name {config.get('_class_name') if isinstance(config, dict) else None!r})"
+                )
+            return config
         return adm_config()
 
     def _make_schedule(self) -> LinearSchedule:
