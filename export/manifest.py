@@ -1,7 +1,7 @@
 """The export manifest: what a folder of exported graphs holds, how it was made, and how to check it.
 
 A folder written by :func:`dift_fast.export.graphs.export_onnx` holds ``unet.onnx`` (optionally with
-``unet.onnx.data``), ``vae_encoder.onnx`` and ``manifest.json``. The manifest is written last, so a folder without
+``unet.onnx.data``), ``vae_encoder.onnx`` (for a backbone with an encoder) and ``manifest.json``. The manifest is written last, so a folder without
 one is an unfinished export. Its ``export_key`` hashes everything the graphs depend on (weights, block, dtype,
 shapes, prompt, opset, tool versions): the same key means the same graphs, so export is skipped.
 """
@@ -61,22 +61,26 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
     return write_atomic(Path(folder) / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
-def geometry_record(geometry: NetworkGeometry) -> dict[str, int]:
-    """The UNet part of a :class:`NetworkGeometry` as the manifest records it (``graphs.unet.geometry``)."""
-    return {"channels": geometry.feature_channels, "num_downsamplers": geometry.num_downsamplers,
-            "num_upsamplers": geometry.num_upsamplers}
+def geometry_record(geometry: NetworkGeometry) -> dict[str, Any]:
+    """A :class:`NetworkGeometry` as the manifest records it (``graphs.unet.geometry``): every field."""
+    record = geometry.to_dict()
+    record["channels"] = geometry.feature_channels  # the name older manifests used
+    return record
 
 
 def manifest_geometry(manifest: dict[str, Any]) -> NetworkGeometry:
     """The :class:`NetworkGeometry` of an export's graphs, read from its manifest (no weights needed)."""
-    unet, vae = manifest["graphs"]["unet"], manifest["graphs"]["vae_encoder"]
+    record = manifest["graphs"]["unet"]["geometry"]
+    if "latent_channels" in record:  # every field recorded (any backbone)
+        return NetworkGeometry.from_dict(record)
+    vae = manifest["graphs"]["vae_encoder"]  # an older SD export: the encoder part from the VAE graph
     return NetworkGeometry(
         latent_channels=int(vae["outputs"][0]["shape"][1]) // 2,  # the moments: mean and logvar
         downsample_factor=int(vae["downsample_factor"]),
         scaling_factor=float(vae["scaling_factor"]),
-        feature_channels=int(unet["geometry"]["channels"]),
-        num_downsamplers=int(unet["geometry"]["num_downsamplers"]),
-        num_upsamplers=int(unet["geometry"]["num_upsamplers"]),
+        feature_channels=int(record["channels"]),
+        num_downsamplers=int(record["num_downsamplers"]),
+        num_upsamplers=int(record["num_upsamplers"]),
     )
 
 
@@ -99,7 +103,8 @@ def build_manifest(folder: Path, key: str, spec: dict[str, Any], graphs: dict[st
         "tool_versions": tool_versions,
         "export_seconds": round(seconds, 2),
         "precision_notes": None if spec["dtype"] == "fp32" else
-        f"weights and activations in {spec['dtype']}; GroupNorm statistics and attention scores/softmax in fp32",
+        f"weights and activations in {spec['dtype']}; GroupNorm statistics in fp32; attention in TensorRT's fusable "
+        "form (scale on Q, softmax in the graph's dtype)",
     }
     problems = validate_manifest(manifest, folder)
     if problems:  # a bug here, not a user error

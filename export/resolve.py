@@ -2,9 +2,10 @@
 
 Checking that an export was made from the model's weights means hashing the UNet and VAE weights (~3.5 GB for SD
 2.1), so a successful check is remembered: a small marker under ``cache_root()/export-checks`` keyed by the
-export's weights hash, its block, and the (size, mtime, ctime, inode) of every file in the model's ``unet/`` and
-``vae/`` folders. While those files are unchanged, the next backend built on the same model and export loads
-neither the UNet nor the VAE and hashes nothing. Components whose networks are already in memory are always
+export's weights hash, its backbone and block, and the (size, mtime, ctime, inode) of every weight file of the
+model (``Backbone.weight_files``: an SD folder's components, an ADM checkpoint, a CleanDIFT UNet file). While those
+files are unchanged, the next backend built on the same model and export loads neither the network nor the encoder
+and hashes nothing. Components whose networks are already in memory are always
 hashed: their weights may have been changed after loading.
 """
 
@@ -21,7 +22,6 @@ import torch
 from dift_fast.atomic import write_atomic
 from dift_fast.backend_options import BackendOptions, backend_options_for
 from dift_fast.cache import cache_root
-from dift_fast.loading import load_networks
 
 from .graphs import export_onnx
 from .keys import weights_hash
@@ -35,22 +35,19 @@ logger = logging.getLogger(__name__)
 CHECKS_SUBDIR = "export-checks"
 
 
-def model_files_signature(folder: Path) -> list[list[Any]]:
-    """(name, size, mtime, ctime, inode, device) of every file in ``unet/`` and ``vae/``: changes when they do."""
+def model_files_signature(files: list[Path]) -> list[list[Any]]:
+    """(path, size, mtime, ctime, inode, device) of every weight file of the model: changes when they do."""
     out = []
-    for comp in ("unet", "vae"):
-        d = Path(folder) / comp
-        for f in sorted(d.iterdir()) if d.is_dir() else ():
-            st = f.stat()
-            if f.is_file():
-                out.append([f"{comp}/{f.name}", st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev])
+    for f in files:
+        st = Path(f).stat()
+        out.append([str(Path(f).resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev])
     return out
 
 
 def _check_marker(components: Any, manifest: dict[str, Any]) -> Path:
     key = stable_hash({"weights_sha256": manifest["model"]["weights_sha256"], "up_ft_index": manifest["up_ft_index"],
-                       "folder": str(Path(components.folder).resolve()),
-                       "files": model_files_signature(components.folder)})
+                       "backbone": components.backbone.name, "folder": str(Path(components.folder).resolve()),
+                       "files": model_files_signature(components.weight_files())})
     return cache_root() / CHECKS_SUBDIR / f"{key[:32]}.json"
 
 
@@ -68,8 +65,8 @@ def verify_export_weights(components: Any, manifest: dict[str, Any], folder: Pat
         unet, vae = components.unet, components.vae
     else:
         logger.info("checking export %s against the weights of %s (once)", folder, components.folder)
-        unet, vae = load_networks(components.folder, components.up_ft_index)
-    if manifest["model"]["weights_sha256"] != weights_hash(unet, vae):
+        unet, vae = components.load_networks()
+    if manifest["model"]["weights_sha256"] != weights_hash(*(m for m in (unet, vae) if m is not None)):
         raise ValueError(f"export {folder} was made from other weights ({manifest['model']['id']}) than the "
                          f"loaded model ({components.model_id}); export this model or pass its --model")
     if marker is not None:
@@ -92,6 +89,9 @@ def resolve_export(components: Any, dtype: torch.dtype, export_dir: str | os.Pat
     if export_dir is not None and (Path(export_dir) / MANIFEST_NAME).is_file():
         folder = Path(export_dir)
         manifest = load_manifest(folder)
+        if manifest.get("backbone", "sd") != components.backbone.name:
+            raise ValueError(f"export {folder} is of backbone {manifest.get('backbone', 'sd')!r}, the extractor runs "
+                             f"{components.backbone.name!r}; export this model (dift-fast export --preset ...)")
         if manifest["up_ft_index"] != components.up_ft_index:
             raise ValueError(f"export {folder} is of up block {manifest['up_ft_index']}, the extractor wants "
                              f"up_ft_index={components.up_ft_index}; export again with --up-ft-index")

@@ -70,14 +70,12 @@ class MatchPairsSummary:
 def _dift_identity(config: DiftConfig, store: Any) -> tuple[dict[str, Any], bool]:
     """identity_of() for this run's features (the store's precision/PCA with --store, full fp32 maps without), and
     whether the model has random weights (the test the extractor's ``is_tiny`` makes, without loading it)."""
-    from ..config import TINY_MODEL
+    from ..backbones.registry import backbone_for
     from ..extractor import resolve_device, resolve_dtype
-    from ..loading import resolve_model_folder
     from ..store.identity import identity_of
 
-    folder = resolve_model_folder(config.model, config.revision)
-    index = folder / "model_index.json"
-    tiny = config.model == TINY_MODEL or (index.is_file() and "dift_fast_tiny_random" in index.read_text())
+    backbone = backbone_for(config)
+    folder, tiny = backbone.source, backbone.is_tiny
     dtype = resolve_dtype(config.dtype, resolve_device(config.device))
     if store is None:
         return identity_of(config, folder, dtype, "fp32", None, 0), tiny

@@ -43,20 +43,32 @@ def identity_of(
         "store_dtype": store_dtype,
         "pca_dim": pca_dim,
         "pca_sample": pca_sample if pca_dim else None,
+        # Recorded when they differ from what a store made before backbones existed means (SD, its own UNet), so
+        # those stores keep their identity; a store of another backbone or UNet never matches an SD run.
+        **({"backbone": config.backbone} if config.backbone != "sd" else {}),
+        **({"unet_weights": config.unet_weights} if config.unet_weights is not None else {}),
     }
 
 
 def model_fingerprint(folder: Path) -> str:
-    """Hash of the component configs and weight file sizes: cheap, and changes when the weights do."""
+    """Hash of the component configs and weight file sizes: cheap, and changes when the weights do.
+
+    ``folder`` may also be a single checkpoint file (ADM: its name and size), or a folder without SD components
+    (an ADM folder: its own configs and checkpoints).
+    """
     h = hashlib.blake2b(digest_size=8)
-    for comp in ("unet", "vae", "text_encoder"):
+    if folder.is_file():
+        h.update(f"{folder.name}:{folder.stat().st_size}".encode())
+        return h.hexdigest()
+    comps = [c for c in ("unet", "vae", "text_encoder") if (folder / c).is_dir()] or ["."]
+    for comp in comps:
         d = folder / comp
         if not d.is_dir():
             continue
         for f in sorted(d.iterdir()):
             if f.suffix == ".json":
                 h.update(f.read_bytes())
-            elif f.suffix in (".safetensors", ".bin"):
+            elif f.suffix in (".safetensors", ".bin", ".pt"):
                 h.update(f"{comp}/{f.name}:{f.stat().st_size}".encode())
     return h.hexdigest()
 

@@ -58,9 +58,9 @@ def job_identity(job: StoreJob, extractor: Any = None, device: str | None = None
     if extractor is not None:
         return identity_of(extractor.config, extractor.components.folder, extractor.dtype, job.store_dtype,
                            job.pca_dim, job.pca_sample)
+    from ..backbones.registry import backbone_for
     from ..extractor import resolve_device, resolve_dtype
-    from ..loading import resolve_model_folder
 
-    folder = resolve_model_folder(job.config.model, job.config.revision)
+    folder = backbone_for(job.config).source  # a model folder, or an ADM checkpoint file
     dtype = resolve_dtype(job.config.dtype, torch.device(device) if device else resolve_device(None))
     return identity_of(job.config, folder, dtype, job.store_dtype, job.pca_dim, job.pca_sample)
