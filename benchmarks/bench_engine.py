@@ -18,43 +18,22 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-SD21 = Path(__file__).resolve().parents[2] / "shared" / "sd21"
+SD21 = Path(__file__).resolve().parents[1] / "dift_fast" / "architectures" / "sd21"  # the packaged configs
 
 
 def build_components(configs: Path, up_ft_index: int):
-    """Random-weight SD 2.1 components built from the configs (no download), with the tiny tokenizer."""
+    """Random-weight SD 2.1 components built from the configs (no download), and the full VAE (the reference's)."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from common import random_components
+    from diffusers import AutoencoderKL
 
-    from dift_fast.loading import DiftComponents
-    from dift_fast.tiny import _write_tokenizer
-    from dift_fast.unet import TruncatedUNet, VaeEncoder
+    from dift_fast import DiftConfig
 
-    torch.manual_seed(0)
-
-    def read(component: str) -> dict:
-        name = "scheduler_config.json" if component == "scheduler" else "config.json"
-        return json.loads((configs / component / name).read_text())
-
-    unet_full = UNet2DConditionModel.from_config(read("unet"))
-    vae_full = AutoencoderKL.from_config(read("vae"))
-    text_cfg = {k: v for k, v in read("text_encoder").items() if k not in ("architectures",)}
-    text = CLIPTextModel(CLIPTextConfig(**text_cfg))
-    tok_dir = Path("/tmp/dift-fast-bench-tokenizer")
-    _write_tokenizer(tok_dir)  # byte-level BPE; ids stay inside the real vocabulary
-    comps = DiftComponents(
-        unet=TruncatedUNet(unet_full, up_ft_index),
-        vae=VaeEncoder(vae_full),
-        text_encoder=text.eval(),
-        tokenizer=CLIPTokenizer.from_pretrained(tok_dir),
-        scheduler_config=read("scheduler"),
-        folder=configs,
-        model_id="sd21-random",
-        revision=None,
-    )
-    for m in (comps.unet, comps.vae, comps.text_encoder):
-        m.eval().requires_grad_(False)
+    config = DiftConfig.from_preset("spair", model=str(configs), up_ft_index=up_ft_index)
+    comps = random_components(config)
+    torch.manual_seed(1)
+    vae_full = AutoencoderKL.from_config(json.loads((configs / "vae" / "config.json").read_text())).eval()
+    vae_full.encoder, vae_full.quant_conv = comps.encoder.encoder, comps.encoder.quant_conv  # the same weights
     return comps, vae_full
 
 
@@ -62,9 +41,7 @@ def reference_extract(comps, vae_full, images, config, prompt):
     """Reference-style DIFT, one image per call (what Tang et al.'s SDFeaturizer does)."""
     import torch
 
-    from dift_fast.schedule import noise_coefficients
-
-    a, b = noise_coefficients(comps.scheduler_config, config.t)
+    a, b = comps.backbone.schedule.coefficients(config.t)
     E = config.ensemble_size
     out = []
     with torch.no_grad():
@@ -87,7 +64,7 @@ def child(mode: str, size: int, E: int, n: int, repeats: int, device: str) -> di
 
     comps, vae_full = build_components(SD21, 1)
     config = DiftConfig.from_preset(
-        "spair", image_size=(size, size), ensemble_size=E, device=device, dtype="fp32", model="sd21-random"
+        "spair", image_size=(size, size), ensemble_size=E, device=device, dtype="fp32", model=str(SD21)
     )
     images = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     prompt = "a photo of a cat"
@@ -186,7 +163,7 @@ def main() -> None:
         "size": args.size,
         "ensemble_size": args.ensemble_size,
         "device": args.device,
-        "model": "SD 2.1 architecture, random weights (../shared/sd21)",
+        "model": "SD 2.1 architecture, random weights (the packaged sd21 configs)",
         "runs": runs,
         "speedup": ratio,
     }

@@ -57,7 +57,7 @@ def build_extractor(args: argparse.Namespace):
         from bench_engine import build_components
 
         comps, _ = build_components(Path(args.configs), 1)
-        return DiftExtractor(comps, DiftConfig.from_preset("spair", model="sd21-random", **overrides))
+        return DiftExtractor(comps, DiftConfig.from_preset("spair", model=str(Path(args.configs)), **overrides))
     from dift_fast.tiny import build_tiny_pipeline
 
     folder = build_tiny_pipeline(Path(tempfile.mkdtemp()) / "tiny")

@@ -84,3 +84,53 @@ def write_results(name: str, payload: dict[str, Any], table: str) -> Path:
     path.write_text(json.dumps(payload, indent=2))
     (RESULTS_DIR / f"{name}.md").write_text(table)
     return path
+
+
+def random_components(config: Any, seed: int = 0) -> Any:
+    """Random-weight :class:`~dift_fast.loading.DiftComponents` of a real-size architecture, for ``config``.
+
+    Nothing is downloaded: SD and CleanDIFT are built from the packaged ``sd21`` configs (``config.model`` is that
+    folder, or another diffusers config folder) with the tiny model's byte-level tokenizer (its ids stay inside the
+    real vocabulary); ADM from the packaged ``adm256`` config (``config.model="adm"``). The networks are truncated
+    after ``config.up_ft_index`` as the loader would; the weights are diffusers' random initialisation.
+    """
+    import gc
+
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from dift_fast.backbones.base import DiftComponents
+    from dift_fast.backbones.registry import backbone_for
+
+    torch.manual_seed(seed)
+    backbone = backbone_for(config)
+    block = config.up_ft_index
+    if not backbone.has_encoder:  # ADM: pixel space, no text
+        from dift_fast.backbones.adm import build_adm_unet
+        from dift_fast.backbones.adm_network import TruncatedADM
+
+        network = TruncatedADM(build_adm_unet(dict(backbone.architecture), device="cpu"), block)
+        gc.collect()
+        return DiftComponents(backbone, block, network.eval().requires_grad_(False))
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from dift_fast.tiny import _write_tokenizer
+    from dift_fast.unet import TruncatedUNet, VaeEncoder
+
+    folder = Path(config.model)
+    backbone.__dict__["source"] = folder  # configs only (no weights, no tokenizer): skip the model-folder check
+
+    def read(component: str) -> dict[str, Any]:
+        name = "scheduler_config.json" if component == "scheduler" else "config.json"
+        return json.loads((folder / component / name).read_text())
+
+    network = TruncatedUNet(UNet2DConditionModel.from_config(read("unet")), block)
+    encoder = VaeEncoder(AutoencoderKL.from_config(read("vae")))
+    text_cfg = {k: v for k, v in read("text_encoder").items() if k != "architectures"}
+    text = CLIPTextModel(CLIPTextConfig(**text_cfg))
+    tok_dir = Path("/tmp/dift-fast-bench-tokenizer")
+    _write_tokenizer(tok_dir)
+    gc.collect()
+    for module in (network, encoder, text):
+        module.eval().requires_grad_(False)
+    return DiftComponents(backbone, block, network, encoder, text, CLIPTokenizer.from_pretrained(tok_dir))

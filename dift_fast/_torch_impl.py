@@ -28,23 +28,36 @@ def ensemble_noise(
 
 
 def combine_latents(
-    mean: torch.Tensor,  # [B, 4, h, w] float32
-    std: torch.Tensor,  # [B, 4, h, w] float32
-    eps_posterior: torch.Tensor,  # [B, E, 4, h, w] float32
-    eps_diffusion: torch.Tensor,  # [B, E, 4, h, w] float32
+    mean: torch.Tensor,  # [B, C, h, w] float32
+    std: torch.Tensor | None,  # [B, C, h, w] float32; None without posterior noise
+    eps_posterior: torch.Tensor | None,  # [B, E, C, h, w] float32; None: no posterior noise (no encoder)
+    eps_diffusion: torch.Tensor | None,  # [B, E, C, h, w] float32; None: no diffusion noise
     sqrt_alpha: float,
     sqrt_one_minus_alpha: float,
     scaling_factor: float,
-) -> torch.Tensor:  # [B*E, 4, h, w] float32
-    """z0 = (μ + σ·ε₁)·s;  x_t = √ᾱ·z0 + √(1−ᾱ)·ε₂, one rounding per operation."""
-    z0 = (mean[:, None] + std[:, None] * eps_posterior) * scaling_factor
-    x_t = sqrt_alpha * z0 + sqrt_one_minus_alpha * eps_diffusion
+    ensemble_size: int | None = None,
+) -> torch.Tensor:  # [B*E, C, h, w] float32
+    """z0 = (μ + σ·ε₁)·s;  x_t = √ᾱ·z0 + √(1−ᾱ)·ε₂, one rounding per operation.
+
+    Without posterior noise (``eps_posterior`` None, a backbone without an encoder) z0 = μ·s; without diffusion
+    noise (``eps_diffusion`` None, a schedule that adds none) x_t = z0. ``ensemble_size`` is needed only when both
+    are None (it is otherwise the noise's E).
+    """
+    given = eps_posterior if eps_posterior is not None else eps_diffusion
+    e = given.shape[1] if given is not None else ensemble_size
+    if e is None:
+        raise ValueError("combine_latents without noise needs ensemble_size")
+    if eps_posterior is not None:
+        z0 = (mean[:, None] + std[:, None] * eps_posterior) * scaling_factor
+    else:
+        z0 = (mean * scaling_factor)[:, None].expand(-1, e, *mean.shape[1:])
+    x_t = sqrt_alpha * z0 + sqrt_one_minus_alpha * eps_diffusion if eps_diffusion is not None else z0
     return x_t.flatten(0, 1)
 
 
 def ensemble_latents(
-    mean: torch.Tensor,  # [B, 4, h, w]
-    std: torch.Tensor,  # [B, 4, h, w]
+    mean: torch.Tensor,  # [B, C, h, w]
+    std: torch.Tensor | None,  # [B, C, h, w]; unused without posterior noise
     keys: Sequence[int],
     seed: int,
     ensemble_size: int,
@@ -52,12 +65,21 @@ def ensemble_latents(
     sqrt_one_minus_alpha: float,
     scaling_factor: float,
     out_dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:  # [B*E, 4, h, w] in out_dtype
-    """Twin of the ``ensemble_latents`` kernel: contract noise drawn and combined, cast once to ``out_dtype``."""
+    posterior_noise: bool = True,
+    diffusion_noise: bool = True,
+) -> torch.Tensor:  # [B*E, C, h, w] in out_dtype
+    """Twin of the ``ensemble_latents`` kernel: contract noise drawn and combined, cast once to ``out_dtype``.
+
+    Only the streams that exist are drawn: stream 0 (posterior) when ``posterior_noise``, stream 1 (diffusion)
+    when ``diffusion_noise`` (see :func:`combine_latents` for what a missing stream means).
+    """
     shape = tuple(mean.shape[1:])
-    eps1 = ensemble_noise(keys, seed, ensemble_size, shape, POSTERIOR_STREAM).to(mean.device)
-    eps2 = ensemble_noise(keys, seed, ensemble_size, shape, DIFFUSION_STREAM).to(mean.device)
-    x_t = combine_latents(mean.float(), std.float(), eps1, eps2, sqrt_alpha, sqrt_one_minus_alpha, scaling_factor)
+    eps1 = ensemble_noise(keys, seed, ensemble_size, shape, POSTERIOR_STREAM).to(mean.device) if posterior_noise \
+        else None
+    eps2 = ensemble_noise(keys, seed, ensemble_size, shape, DIFFUSION_STREAM).to(mean.device) if diffusion_noise \
+        else None
+    x_t = combine_latents(mean.float(), std.float() if posterior_noise else None, eps1, eps2, sqrt_alpha,
+                          sqrt_one_minus_alpha, scaling_factor, ensemble_size)
     return x_t.to(out_dtype)
 
 

@@ -82,7 +82,7 @@ class OrtOptions(_Options):
     provider: Literal["cpu", "cuda", "tensorrt"] | None = None  # execution provider; None: cpu, or cuda on CUDA
     intra_op_threads: int | None = None  # CPU threads per session; None: onnxruntime's choice
     fp16: bool = False  # TensorRT execution provider only: allow fp16 kernels for an fp32 graph
-    cuda_graph: bool = False  # capture the CUDA (or TensorRT) execution provider's run in a CUDA graph
+    cuda_graph: bool = False  # CUDA/TensorRT EP: replay the run from a CUDA graph; needs a static-size export_dir
     engine_cache_dir: str | None = None  # TensorRT EP engine and timing cache; None: <export_dir>/ort_trt_cache
     check_weights: bool = True  # refuse an export made from other weights than the model's
 
@@ -93,6 +93,12 @@ class OrtOptions(_Options):
         if self.provider not in (None, "cpu", "cuda", "tensorrt"):
             _fail(type(self), "provider", self.provider, "allowed are 'cpu', 'cuda', 'tensorrt' or None")
         _check_int(self, "intra_op_threads", 1)
+        if self.cuda_graph and self.provider == "cpu":
+            _fail(type(self), "cuda_graph", self.cuda_graph, "CUDA graphs need provider 'cuda' or 'tensorrt', not 'cpu'")
+        if self.cuda_graph and self.export_dir is None:
+            # Without export_dir the backend exports a dynamic-size graph, which onnxruntime cannot capture.
+            _fail(type(self), "cuda_graph", self.cuda_graph, "CUDA graphs need a static-size export: make one with "
+                  "`dift-fast export --out DIR` (without --dynamic-size) and pass export_dir=DIR")
 
 
 @dataclass(frozen=True)
@@ -101,9 +107,10 @@ class TrtOptions(_Options):
 
     export_dir: str | None = None  # ONNX export folder; engines go to <export_dir>/tensorrt/; exported there if empty
     no_build: bool = False  # raise when the export or an engine is missing or stale instead of building it
-    max_batch: int = 16  # largest batch the engine profile admits (UNet rows = images x E)
-    opt_batch: int | None = None  # the batch the engines are tuned for; None: max_batch
-    latent_range: tuple[int, int, int] | None = None  # dynamic exports: (min, opt, max) latent side; None: 32, 96, 128
+    max_batch: int | None = None  # images per engine call (UNet profile: max_batch x E rows); None: the batch size
+    opt_batch: int | None = None  # images the engines are tuned for; None: max_batch
+    latent_range: tuple[int, int, int] | None = None  # dynamic exports: (min, opt, max) latent side; None: the
+    #   extractor's image size (or 32, 96, 128 when it keeps each image's size)
     cuda_graph: bool = False  # replay each input shape from a captured CUDA graph
     workspace_gb: float | None = None  # TensorRT builder workspace limit in GiB; None: TensorRT's default
     check_weights: bool = True  # refuse an export made from other weights than the model's
@@ -111,9 +118,9 @@ class TrtOptions(_Options):
     def __post_init__(self) -> None:
         _normalise_path(self, "export_dir")
         _check_bool(self, "no_build", "cuda_graph", "check_weights")
-        _check_int(self, "max_batch", 1, optional=False)
+        _check_int(self, "max_batch", 1)
         _check_int(self, "opt_batch", 1)
-        if self.opt_batch is not None and self.opt_batch > self.max_batch:
+        if self.opt_batch is not None and self.max_batch is not None and self.opt_batch > self.max_batch:
             _fail(type(self), "opt_batch", self.opt_batch, f"must not exceed max_batch={self.max_batch}")
         if self.latent_range is not None:
             r = self.latent_range

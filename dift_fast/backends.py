@@ -1,74 +1,129 @@
-"""The backend protocol: what runs the VAE encoder and the truncated UNet.
+"""The backend protocol: what runs a backbone's encoder (if it has one) and its truncated network.
 
 Noise generation, prompt encoding and the ensemble reduction stay in the extractor, so every backend sees the
-same inputs (spec §3: features do not depend on the backend). ``torch`` is built in; ``onnxruntime`` and
+same inputs (spec §3: the noise does not depend on the backend). ``torch`` is built in; ``onnxruntime`` and
 ``tensorrt`` live in ``dift_fast.export`` and are found through the ``dift_fast.backends`` entry-point group; their
 typed options are in :mod:`dift_fast.backend_options`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from .backend_options import BackendOptions
 from .geometry import NetworkGeometry
-from .unet import TruncatedUNet, VaeEncoder
 
-__all__ = ["TORCH_DTYPES", "Backend", "TorchBackend", "create_backend"]
+__all__ = ["TORCH_DTYPES", "Backend", "TorchBackend", "create_backend", "placed_copy"]
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Backend(Protocol):
-    """Runs the two networks. Inputs and outputs are torch tensors on ``device``."""
+    """Runs the encoder and the network. Inputs and outputs are torch tensors on ``device``."""
 
     name: str
     device: torch.device
-    dtype: torch.dtype  # the dtype ``features`` wants its latents in
-    geometry: NetworkGeometry  # latent and feature sizes of the networks it runs
+    dtype: torch.dtype  # the dtype ``features`` wants its diffusion-space samples in
+    geometry: NetworkGeometry  # diffusion-space and feature sizes of the networks it runs
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[N, 3, H, W] float32 in [-1, 1] -> posterior (mean, std), each [N, 4, H/8, W/8] float32."""
+        """[N, 3, H, W] float32 in [-1, 1] -> posterior (mean, std), each [N, c, H/f, W/f] float32.
+
+        Only called for a backbone with an encoder (SD's VAE: c = 4, f = 8).
+        """
         ...
 
-    def features(self, latents: torch.Tensor, timestep: int, context: torch.Tensor) -> torch.Tensor:
-        """x_t [N, 4, h, w] (``dtype``), t, prompt embeddings [N, 77, D] -> up-block feature [N, C, h', w']."""
+    def features(self, latents: torch.Tensor, timestep: int, context: torch.Tensor | None) -> torch.Tensor:
+        """x_t [N, c, h, w] (``dtype``), t, prompt embeddings [N, 77, D] (None: unconditional) -> [N, C, h', w']."""
         ...
+
+
+def placed_copy(module: nn.Module, device: torch.device, dtype: torch.dtype | None = None) -> nn.Module:
+    """``module`` on ``device`` in ``dtype`` (floating-point tensors only), without changing ``module``.
+
+    The copy shares every tensor that is already in place (nothing is duplicated on the CPU for a CPU float32
+    copy); the others are converted one at a time into the copy. The caller's module keeps its device and dtype.
+    """
+    memo: dict[int, Any] = {}
+    for tensor in (*module.parameters(), *module.buffers()):
+        if id(tensor) in memo:
+            continue
+        moved = tensor.detach().to(device=device, dtype=dtype if dtype is not None and tensor.is_floating_point()
+                                   else None)
+        memo[id(tensor)] = nn.Parameter(moved, requires_grad=False) if isinstance(tensor, nn.Parameter) else moved
+    memo[id(memo)] = [module]  # keeps the originals alive while deepcopy relies on their ids
+    return copy.deepcopy(module, memo)
 
 
 class TorchBackend:
-    """Eager PyTorch: the reference backend, on CPU or CUDA, in fp32, bf16 or fp16."""
+    """Eager PyTorch: the reference backend, on CPU or CUDA, in fp32, bf16 or fp16.
+
+    It runs copies of the given modules placed on ``device`` in ``dtype`` (:func:`placed_copy`): the caller's
+    modules are never moved or cast.
+
+    Args:
+        network: the truncated network (``network(x_t, t, context)``).
+        encoder: the encoder into the diffusion space (``images -> (mean, std)``), or None in pixel space.
+    """
 
     name = "torch"
 
-    def __init__(self, unet: TruncatedUNet, vae: VaeEncoder, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, network: nn.Module, encoder: nn.Module | None, device: torch.device,
+                 dtype: torch.dtype) -> None:
         self.device = device
         self.dtype = dtype
-        self.geometry = NetworkGeometry.of(unet, vae)
-        self.unet = unet.to(device=device, dtype=dtype)
-        self.vae = vae.to(device=device, dtype=dtype)
+        self.geometry = NetworkGeometry.of(network, encoder)
+        self.network = placed_copy(network, device, dtype).eval()
+        self.encoder = placed_copy(encoder, device, dtype).eval() if encoder is not None else None
         if dtype == torch.float16:
             # SD 2.1's attention overflows in fp16 unless scores and softmax run in fp32 (config upcast_attention);
             # diffusers' classic processor honours that flag, the SDPA one does not on every device.
             from diffusers.models.attention_processor import AttnProcessor
 
             processor = AttnProcessor()
-            for module in self.unet.modules():
+            for module in self.network.modules():
                 if hasattr(module, "set_processor"):
                     module.set_processor(processor)
+        self._timesteps: dict[int, torch.Tensor] = {}
+
+    def _timestep(self, t: int) -> torch.Tensor:
+        """A device tensor per timestep, made once: ``torch.tensor(..., device=cuda)`` per call would copy from
+        pageable host memory, which waits for the stream to drain (a host sync per micro-batch)."""
+        tensor = self._timesteps.get(int(t))
+        if tensor is None:
+            tensor = self._timesteps[int(t)] = torch.tensor([int(t)], dtype=torch.int64, device=self.device)
+        return tensor
+
+    @property
+    def unet(self) -> nn.Module:  # the SD-era name
+        return self.network
+
+    @property
+    def vae(self) -> nn.Module | None:  # the SD-era name
+        return self.encoder
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, std = self.vae(images.to(self.device, self.dtype))
+        if self.encoder is None:
+            raise RuntimeError("this backbone has no encoder: its diffusion space is the image itself")
+        # non_blocking: a host tensor is staged by the copy itself, with no wait for the stream to drain
+        mean, std = self.encoder(images.to(self.device, non_blocking=True).to(self.dtype))
         return mean.float(), std.float()
 
     @torch.inference_mode()
-    def features(self, latents: torch.Tensor, timestep: int, context: torch.Tensor) -> torch.Tensor:
-        t = torch.tensor([timestep], dtype=torch.int64, device=self.device)
-        return self.unet(latents.to(self.device, self.dtype), t, context.to(self.device, self.dtype))
+    def features(
+        self, latents: torch.Tensor, timestep: int, context: torch.Tensor | None, blocks: Sequence[int] | None = None
+    ) -> torch.Tensor | dict[int, torch.Tensor]:
+        """The feature block's output; with ``blocks``, ``{k: features}`` of each block from one network pass."""
+        t = self._timestep(timestep)
+        ctx = context.to(self.device, self.dtype) if context is not None else None
+        x = latents.to(self.device, self.dtype)
+        return self.network(x, t, ctx) if blocks is None else self.network(x, t, ctx, blocks=blocks)
 
 
 _FACTORIES: dict[str, Callable[..., Backend]] = {}
@@ -96,13 +151,19 @@ def _entry_points() -> list[Any]:
 
 
 def create_backend(name: str, components: Any, device: torch.device, dtype: torch.dtype,
-                   options: BackendOptions | None = None) -> Backend:
+                   options: BackendOptions | None = None, *, config: Any = None) -> Backend:
     """Build the backend ``name`` for ``components``, with its validated options (None for ``torch``).
 
-    The torch backend needs the UNet and VAE weights and loads them when ``components`` came without them; an
-    accelerated backend loads them only when it has to (to export, or to check an export against the weights once).
+    The torch backend needs the network and encoder weights and loads them when ``components`` came without them;
+    an accelerated backend loads them only when it has to (to export, or to check an export against the weights
+    once). ``config`` (the extractor's :class:`~dift_fast.config.DiftConfig`) tells an accelerated backend what it
+    will run: tensorrt sizes its engine profiles from the batch size, ensemble size and image size, and both ONNX
+    backends refuse a static export made for another image size.
     """
     if name == "torch":
         components.ensure_networks()
-        return TorchBackend(components.unet, components.vae, device, dtype)
-    return _factory(name)(components, device, dtype, options)
+        return TorchBackend(components.network, components.encoder, device, dtype)
+    factory = _factory(name)
+    if config is None:
+        return factory(components, device, dtype, options)
+    return factory(components, device, dtype, options, config=config)

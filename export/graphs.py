@@ -1,4 +1,8 @@
-"""ONNX export of the truncated UNet and the VAE encoder's moments: tracing, static sizes, and the export folder.
+"""ONNX export of a backbone's truncated network and its encoder's moments: tracing, static sizes, the export folder.
+
+Backbone-generic: the network graph (``unet.onnx``: ``x_t``, ``timestep`` and, for a conditioned backbone without a
+folded prompt, ``encoder_hidden_states``) is written for every backbone, the encoder graph (``vae_encoder.onnx``)
+only for one with an encoder (SD, CleanDIFT; not ADM, which runs in pixel space).
 
 Precision rewriting is in :mod:`.precision`, what an export is keyed by in :mod:`.keys`, and the manifest (written
 last: the commit point of an export) in :mod:`.manifest`.
@@ -16,7 +20,6 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from dift_fast.atomic import atomic_path
 from dift_fast.geometry import NetworkGeometry
 from dift_fast.prompts import encode_prompt
 
+from .attention import ATTENTION_FORM, fusable_attention
 from .keys import default_cache_dir, export_key, tool_versions, weights_hash
 from .manifest import (
     MANIFEST_NAME,
@@ -52,14 +56,17 @@ UNET_FILE, VAE_FILE = "unet.onnx", "vae_encoder.onnx"
 
 
 class _UNetGraph(nn.Module):
-    """(x_t, timestep, encoder_hidden_states) -> feature; or (x_t, timestep) with a folded prompt embedding."""
+    """(x_t, timestep[, encoder_hidden_states]) -> feature; a folded prompt embedding, or none (unconditional)."""
 
-    def __init__(self, unet: nn.Module, context: torch.Tensor | None) -> None:
+    def __init__(self, unet: nn.Module, context: torch.Tensor | None, conditioned: bool) -> None:
         super().__init__()
         self.unet = unet
+        self.conditioned = conditioned
         self.register_buffer("context", context, persistent=False)
 
     def forward(self, x_t: torch.Tensor, timestep: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        if not self.conditioned:
+            return self.unet(x_t, timestep, None)
         context = rest[0] if self.context is None else self.context.expand(x_t.shape[0], -1, -1)
         return self.unet(x_t, timestep, context)
 
@@ -73,21 +80,6 @@ class _VaeGraph(nn.Module):
         return self.vae.moments(images)
 
 
-@contextlib.contextmanager
-def _upsample_to_skip_size(unet: nn.Module) -> Iterator[None]:
-    """Trace the branch that resizes each upsampler to its skip's size (a Python bool in the forward).
-
-    For a symbolic spatial size the trace must keep that branch: it is exact for any latent size and, for sizes
-    divisible by the UNet's total upsampling, gives the same nearest-neighbour result as the scale-2 branch.
-    """
-    saved = unet.overall_up_factor
-    unet.overall_up_factor = 2**62 + 1  # odd and larger than any size: every size "is not a multiple"
-    try:
-        yield
-    finally:
-        unet.overall_up_factor = saved
-
-
 # -- export -------------------------------------------------------------------------------------------------------
 
 
@@ -97,7 +89,7 @@ def _onnx_dtype_name(dtype: torch.dtype) -> str:
 
 def _trace(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
            output_names: list[str], dynamic_axes: dict[str, dict[int, str]], opset: int) -> None:
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), fusable_attention(module):  # attention in the form TensorRT fuses
         # Tracer warnings about Python bools of shapes are expected: the branches they freeze are the ones wanted.
         warnings.simplefilter("ignore")
         torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset, input_names=input_names,
@@ -185,15 +177,17 @@ def export_onnx(
     opset: int | None = None,
     force: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
-    """Export the truncated UNet and the VAE encoder (moments) of ``components`` to ONNX.
+    """Export the truncated network and, when the backbone has one, the encoder (moments) of ``components`` to ONNX.
 
     Args:
-        components: :class:`dift_fast.loading.DiftComponents` (fp32, as ``load_components`` returns them).
+        components: :class:`dift_fast.loading.DiftComponents` of any backbone (fp32, as ``load_components`` returns
+            them).
         out_dir: folder for the graphs and ``manifest.json``; default a cache folder named by the export key.
         dtype: weight and compute dtype of the graphs (GroupNorm and attention softmax stay fp32).
         image_size: (W, H) of the images; the static spatial size, or the trace size when ``dynamic_size``.
         dynamic_size: symbolic height and width (batch is always dynamic).
-        fixed_prompt: fold this prompt's embedding into the UNet graph (it then takes only x_t and timestep).
+        fixed_prompt: fold this prompt's embedding into the network graph (it then takes only x_t and timestep);
+            conditioned backbones only.
         config: the :class:`dift_fast.DiftConfig` to record in the manifest.
         opset: ONNX opset (default 20, 22 for bf16).
         force: export even when ``out_dir`` already holds this export.
@@ -206,30 +200,38 @@ def export_onnx(
     opset = opset or (BF16_OPSET if dtype == "bf16" else DEFAULT_OPSET)
     if dtype == "bf16" and opset < BF16_OPSET:
         raise ValueError(f"bf16 graphs need opset >= {BF16_OPSET} (bfloat16 Conv/MatMul); got {opset}")
+    backbone = components.backbone
+    conditioned = backbone.conditioned
+    if fixed_prompt is not None and not conditioned:
+        raise ValueError(f"backbone {backbone.name!r} takes no text: a fixed prompt does not apply")
     components.ensure_networks()  # components loaded for an accelerated backend come without them
-    unet, vae = components.unet, components.vae
+    net, encoder = components.network, components.encoder
+    geometry = NetworkGeometry.of(net, encoder)
+    multiple, f = geometry.size_multiple, geometry.downsample_factor
     if image_size is None:
         if not dynamic_size:
             raise ValueError("a static export needs image_size=(W, H); or pass dynamic_size=True")
-        image_size = (64 * vae.downsample_factor, 64 * vae.downsample_factor)
+        image_size = (64 * f, 64 * f)
     W, H = (int(v) for v in image_size)
-    f = vae.downsample_factor
-    if W % f or H % f:
-        raise ValueError(f"image_size {W}x{H} must be a multiple of {f} (the VAE's downsampling)")
+    if W % multiple or H % multiple:
+        raise ValueError(f"image_size {W}x{H} must be a multiple of {multiple} (backbone {backbone.name!r})")
     context = None  # [1, 77, D] float32 on the CPU
     if fixed_prompt is not None:
         context = encode_prompt(components.tokenizer, components.text_encoder, fixed_prompt)[None].cpu()
+    modules = [mod for mod in (net, encoder) if mod is not None]
     spec = {
-        "model": {"id": components.model_id, "revision": components.revision,
-                  "weights_sha256": weights_hash(unet, vae)},
-        "up_ft_index": unet.up_ft_index,
+        "model": {"id": components.model_id, "revision": components.revision, "weights_sha256": weights_hash(*modules)},
+        "up_ft_index": net.feature_block,
         "dtype": dtype,
         "opset": opset,
         "dynamic_size": dynamic_size,
         "image_size": None if dynamic_size else [W, H],
         "fixed_prompt": None if fixed_prompt is None else {
             "text": fixed_prompt, "embedding_sha256": hashlib.sha256(context.numpy().tobytes()).hexdigest()},
+        "attention": ATTENTION_FORM,
     }
+    if backbone.name != "sd":  # recorded (and keyed) for other backbones; SD exports keep the keys they had
+        spec["backbone"] = backbone.name
     key = export_key(spec)
     folder = Path(out_dir) if out_dir is not None else default_cache_dir() / key[:24]
     _check_export_folder(folder)
@@ -244,42 +246,43 @@ def export_onnx(
 
     tdtype = EXPORT_DTYPES[dtype]
     t0 = time.perf_counter()
-    unet_x = low_precision_copy(unet, tdtype) if tdtype != torch.float32 else unet
-    vae_x = low_precision_copy(vae, tdtype) if tdtype != torch.float32 else vae
-    D = int(unet.config.cross_attention_dim)
+    net_x = low_precision_copy(net, tdtype) if tdtype != torch.float32 else net
+    enc_x = encoder if encoder is None or tdtype == torch.float32 else low_precision_copy(encoder, tdtype)
     n_trace = 2  # not 1: a batch of 1 can be specialised into reshape constants
     h, w = H // f, W // f
-    # Trace at a small latent with symbolic height/width (the tracer runs the network, and fp16 convolutions are
-    # very slow on CPUs); a static export pins its sizes afterwards. The side is not a multiple of the total
-    # upsampling, and the general resize-to-skip branch is traced either way.
-    small = 2 * unet.overall_up_factor + 2
-    x = torch.randn(n_trace, 4, small, small, dtype=tdtype)
+    # Trace at a small size with symbolic height/width (the tracer runs the network, and fp16 convolutions are
+    # very slow on CPUs); a static export pins its sizes afterwards. The network picks the side (for SD's UNet one
+    # that is not a multiple of the total upsampling) and traces its general-size path either way.
+    small = net.trace_side
+    x = torch.randn(n_trace, geometry.latent_channels, small, small, dtype=tdtype)
     t = torch.tensor([261], dtype=torch.int64)
     sp = ("height", "width") if dynamic_size else (h, w)
     fsp = ("feature_height", "feature_width")
-    unet_inputs = ["x_t", "timestep"] + ([] if context is not None else ["encoder_hidden_states"])
+    text_input = conditioned and context is None
+    unet_inputs = ["x_t", "timestep"] + (["encoder_hidden_states"] if text_input else [])
     unet_args: tuple[torch.Tensor, ...] = (x, t)
     axes: dict[str, dict[int, str]] = {"x_t": {0: "batch", 2: "height", 3: "width"},
                                        "features": {0: "batch", 2: fsp[0], 3: fsp[1]}}
-    if context is None:
+    D = int(net.config.cross_attention_dim) if conditioned else 0
+    if text_input:
         unet_args += (torch.randn(n_trace, 77, D, dtype=tdtype),)
         axes["encoder_hidden_states"] = {0: "batch"}
-    graph = _UNetGraph(unet_x, None if context is None else context.to(tdtype)).eval()
-    images = torch.rand(n_trace, 3, small * f, small * f, dtype=tdtype) * 2 - 1
-    vae_axes = {"images": {0: "batch", 2: "image_height", 3: "image_width"},
-                "moments": {0: "batch", 2: "height", 3: "width"}}
-    geometry = NetworkGeometry.of(unet, vae)
+    graph = _UNetGraph(net_x, None if context is None else context.to(tdtype), conditioned).eval()
     unet_pin = None if dynamic_size else {"x_t": (h, w), "features": geometry.feature_hw(h, w)}
-    vae_pin = None if dynamic_size else {"images": (H, W), "moments": (h, w)}
 
     with tempfile.TemporaryDirectory(dir=folder, prefix=".trace-") as tmp, torch.inference_mode(False), \
             torch.no_grad():
-        with _upsample_to_skip_size(unet_x):
+        with net_x.general_size_trace():
             _trace(graph, unet_args, Path(tmp) / UNET_FILE, unet_inputs, ["features"], axes, min(opset, 20))
         _finalize(Path(tmp) / UNET_FILE, folder / UNET_FILE, opset, unet_pin)
-        _trace(_VaeGraph(vae_x).eval(), (images,), Path(tmp) / VAE_FILE, ["images"], ["moments"], vae_axes,
-               min(opset, 20))
-        _finalize(Path(tmp) / VAE_FILE, folder / VAE_FILE, opset, vae_pin)
+        if enc_x is not None:
+            images = torch.rand(n_trace, 3, small * f, small * f, dtype=tdtype) * 2 - 1
+            vae_axes = {"images": {0: "batch", 2: "image_height", 3: "image_width"},
+                        "moments": {0: "batch", 2: "height", 3: "width"}}
+            vae_pin = None if dynamic_size else {"images": (H, W), "moments": (h, w)}
+            _trace(_VaeGraph(enc_x).eval(), (images,), Path(tmp) / VAE_FILE, ["images"], ["moments"], vae_axes,
+                   min(opset, 20))
+            _finalize(Path(tmp) / VAE_FILE, folder / VAE_FILE, opset, vae_pin)
     seconds = time.perf_counter() - t0
     if context is not None:
         import numpy as np
@@ -289,27 +292,27 @@ def export_onnx(
 
     C = geometry.feature_channels
     feat_shape: list[int | str] = ["batch", C, *(fsp if dynamic_size else geometry.feature_hw(h, w))]
-    graphs = {
-        "unet": {
+    graphs: dict[str, Any] = {
+        "unet": {  # the truncated network of any backbone (SD's and ADM's are both UNets)
             "file": UNET_FILE,
-            "inputs": _io_spec(unet_inputs, [["batch", 4, *sp], [1], ["batch", 77, D]][: len(unet_inputs)],
-                               [tdtype, torch.int64, tdtype]),
+            "inputs": _io_spec(unet_inputs, [["batch", geometry.latent_channels, *sp], [1], ["batch", 77, D]]
+                               [: len(unet_inputs)], [tdtype, torch.int64, tdtype]),
             "outputs": _io_spec(["features"], [feat_shape], [tdtype]),
             "geometry": geometry_record(geometry),
         },
-        "vae_encoder": {
+    }
+    if encoder is not None:
+        graphs["vae_encoder"] = {
             "file": VAE_FILE,
             "inputs": _io_spec(["images"], [["batch", 3, *(("image_height", "image_width") if dynamic_size
                                                           else (H, W))]], [tdtype]),
-            "outputs": _io_spec(["moments"], [["batch", 2 * vae.latent_channels, *sp]], [tdtype]),
+            "outputs": _io_spec(["moments"], [["batch", 2 * encoder.latent_channels, *sp]], [tdtype]),
             "downsample_factor": f,
-            "scaling_factor": vae.scaling_factor,
-        },
-    }
+            "scaling_factor": encoder.scaling_factor,
+        }
     manifest = build_manifest(folder, key, spec, graphs, config=config, tool_versions=tool_versions(),
                               seconds=seconds)
     write_manifest(folder, manifest)
-    logger.info("exported %s (%s, block %d) to %s in %.1f s", components.model_id, dtype, unet.up_ft_index, folder,
-                seconds)
+    logger.info("exported %s (%s, %s block %d) to %s in %.1f s", components.model_id, dtype, backbone.name,
+                net.feature_block, folder, seconds)
     return folder, manifest
-

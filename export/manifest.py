@@ -1,8 +1,8 @@
 """The export manifest: what a folder of exported graphs holds, how it was made, and how to check it.
 
 A folder written by :func:`dift_fast.export.graphs.export_onnx` holds ``unet.onnx`` (optionally with
-``unet.onnx.data``), ``vae_encoder.onnx`` and ``manifest.json``. The manifest is written last, so a folder without
-one is an unfinished export. Its ``export_key`` hashes everything the graphs depend on (weights, block, dtype,
+``unet.onnx.data``), ``vae_encoder.onnx`` (for a backbone with an encoder) and ``manifest.json``. The manifest is
+written last, so a folder without one is an unfinished export. Its ``export_key`` hashes everything the graphs depend on (weights, block, dtype,
 shapes, prompt, opset, tool versions): the same key means the same graphs, so export is skipped.
 
 Loading a manifest checks every listed file against its recorded size and sha256 (through
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,24 +59,32 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
     return write_atomic(Path(folder) / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
-def geometry_record(geometry: NetworkGeometry) -> dict[str, int]:
-    """The UNet part of a :class:`NetworkGeometry` as the manifest records it (``graphs.unet.geometry``)."""
-    return {"channels": geometry.feature_channels, "num_downsamplers": geometry.num_downsamplers,
-            "num_upsamplers": geometry.num_upsamplers}
+def geometry_record(geometry: NetworkGeometry) -> dict[str, Any]:
+    """A :class:`NetworkGeometry` as the manifest records it (``graphs.unet.geometry``): every field."""
+    record = geometry.to_dict()
+    record["channels"] = geometry.feature_channels  # the name older manifests used
+    return record
 
 
 def manifest_geometry(manifest: dict[str, Any]) -> NetworkGeometry:
-    """The :class:`NetworkGeometry` of an export's graphs, read from its manifest (no weights needed)."""
-    unet, vae = manifest["graphs"]["unet"], manifest["graphs"]["vae_encoder"]
+    """The :class:`NetworkGeometry` of an export's graphs, read from its manifest (no weights needed).
+
+    A static export's geometry carries its image size: asking it for another size is an error naming that size.
+    """
     static = manifest.get("image_size") if not manifest.get("dynamic_size") else None
+    static_size = None if static is None else (int(static[0]), int(static[1]))
+    record = manifest["graphs"]["unet"]["geometry"]
+    if "latent_channels" in record:  # every field recorded (any backbone)
+        return replace(NetworkGeometry.from_dict(record), static_image_size=static_size)
+    vae = manifest["graphs"]["vae_encoder"]  # an older SD export: the encoder part from the VAE graph
     return NetworkGeometry(
         latent_channels=int(vae["outputs"][0]["shape"][1]) // 2,  # the moments: mean and logvar
         downsample_factor=int(vae["downsample_factor"]),
         scaling_factor=float(vae["scaling_factor"]),
-        feature_channels=int(unet["geometry"]["channels"]),
-        num_downsamplers=int(unet["geometry"]["num_downsamplers"]),
-        num_upsamplers=int(unet["geometry"]["num_upsamplers"]),
-        static_image_size=None if static is None else (int(static[0]), int(static[1])),
+        feature_channels=int(record["channels"]),
+        num_downsamplers=int(record["num_downsamplers"]),
+        num_upsamplers=int(record["num_upsamplers"]),
+        static_image_size=static_size,
     )
 
 
@@ -98,7 +107,8 @@ def build_manifest(folder: Path, key: str, spec: dict[str, Any], graphs: dict[st
         "tool_versions": tool_versions,
         "export_seconds": round(seconds, 2),
         "precision_notes": None if spec["dtype"] == "fp32" else
-        f"weights and activations in {spec['dtype']}; GroupNorm statistics and attention scores/softmax in fp32",
+        f"weights and activations in {spec['dtype']}; GroupNorm statistics in fp32; attention in TensorRT's fusable "
+        "form (scale on Q, softmax in the graph's dtype)",
     }
     problems = validate_manifest(manifest, folder, verify_hashes=False)  # the hashes were just computed
     if problems:  # a bug here, not a user error
@@ -174,8 +184,13 @@ def load_manifest(folder: str | Path, *, verify_hashes: bool = True) -> dict[str
     try:
         manifest = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ManifestError(f"{path} is not valid JSON: {err}") from None
+        raise ManifestError(f"{path} is not valid JSON: {err}. {_UNUSABLE}") from None
     problems = validate_manifest(manifest, Path(folder), verify_hashes=verify_hashes)
     if problems:
-        raise ManifestError(f"{path} is invalid: " + "; ".join(problems))
+        raise ManifestError(f"{path} is invalid: " + "; ".join(problems) + f". {_UNUSABLE}")
     return manifest
+
+
+# What a damaged or modified export means for its owner (nothing of theirs is touched).
+_UNUSABLE = ("The export was not used and not changed: export again into a new folder (`dift-fast export --out "
+             "DIR`), or delete this one to export there")

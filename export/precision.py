@@ -1,10 +1,10 @@
 """Precision rewriting for export: fp16/bf16 copies of the networks with the parts SD 2.1 needs in fp32.
 
-For fp16/bf16 the networks are copied and cast, except where SD 2.1 overflows or loses its statistics in half
-precision (spec §2): every GroupNorm runs in fp32 (input cast up, fp32 affine parameters, output cast back), and
-attention scores and softmax run in fp32 (diffusers' classic attention processor with ``upcast_attention`` and
-``upcast_softmax`` forced on). LayerNorm needs nothing: ONNX LayerNormalization keeps its statistics in fp32
-(``stash_type`` 1).
+For fp16/bf16 the networks are copied and cast, except where SD 2.1 loses its statistics in half precision
+(spec §2): every GroupNorm runs in fp32 (input cast up, fp32 affine parameters, output cast back). LayerNorm needs
+nothing: ONNX LayerNormalization keeps its statistics in fp32 (``stash_type`` 1). Attention is exported in the form
+TensorRT fuses (:mod:`.attention`): its scores stay in fp32 registers inside the fused kernel, and an fp32 Softmax
+island between half-precision MatMuls would prevent that fusion.
 """
 
 from __future__ import annotations
@@ -42,16 +42,10 @@ class Fp32GroupNorm(nn.Module):
 
 
 def low_precision_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """A copy of ``module`` in ``dtype`` with GroupNorm and attention softmax kept in fp32."""
-    from diffusers.models.attention_processor import Attention, AttnProcessor
-
+    """A copy of ``module`` in ``dtype`` with every GroupNorm kept in fp32."""
     out = copy.deepcopy(module).to(dtype)
     for child in list(out.modules()):
         for attr, grandchild in list(child.named_children()):
             if isinstance(grandchild, nn.GroupNorm):
                 setattr(child, attr, Fp32GroupNorm(grandchild))
-        if isinstance(child, Attention):
-            child.upcast_attention = True
-            child.upcast_softmax = True
-            child.set_processor(AttnProcessor())
     return out

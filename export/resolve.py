@@ -4,13 +4,14 @@ Every export is loaded through :func:`load_manifest`, which checks each graph fi
 folder the user gave that was modified after export is refused (naming the file); an export in the cache whose
 files were modified is exported again over them.
 
-Checking that an export was made from the model's weights means hashing the UNet and VAE weights as loaded
+Checking that an export was made from the model's weights means hashing the network and encoder weights as loaded
 (~3.5 GB for SD 2.1), so a successful check is remembered: a small marker under ``cache_root()/export-checks``
-keyed by the export's weights hash, its block, and the content hash of the model's ``unet/`` and ``vae/`` weight
-files (:func:`dift_fast.hashing.folder_sha256`, the one content-hash mechanism: read once, then cached by path,
-size, mtime, ctime and inode). While those files are unchanged, the next backend built on the same model and
-export loads neither the UNet nor the VAE. Components whose networks are already in memory are always hashed:
-their weights may have been changed after loading.
+keyed by the export's weights hash, its backbone and block, and the content hash of the model's weight files
+(``Backbone.content_hash``: an SD folder's components, an ADM checkpoint, a CleanDIFT UNet file, hashed through
+:mod:`dift_fast.hashing`, the one content-hash mechanism: read once, then cached by path, size, mtime, ctime and
+inode). While those files are unchanged, the next backend built on the same model and export loads neither the
+network nor the encoder. Components whose networks are already in memory are always hashed: their weights may have
+been changed after loading.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ import torch
 from dift_fast.atomic import write_atomic
 from dift_fast.backend_options import BackendOptions, backend_options_for
 from dift_fast.cache import cache_root
-from dift_fast.hashing import folder_sha256
-from dift_fast.loading import load_networks
 
 from .graphs import export_onnx
 from .keys import weights_hash
@@ -39,21 +38,16 @@ __all__ = ["backend_export", "model_weights_sha256", "resolve_export", "verify_e
 logger = logging.getLogger(__name__)
 
 CHECKS_SUBDIR = "export-checks"
-EXPORTED_COMPONENTS = ("unet", "vae")  # the networks an export holds (the text encoder stays in torch)
 
 
-def model_weights_sha256(folder: Path) -> str:
-    """Content hash of the weight files of the model's ``unet/`` and ``vae/`` folders (cached by file stat)."""
-    parts = {}
-    for comp in EXPORTED_COMPONENTS:
-        sub = Path(folder) / comp
-        parts[comp] = folder_sha256(sub) if sub.is_dir() else None
-    return stable_hash(parts)
+def model_weights_sha256(components: Any) -> str:
+    """Content hash of the model's weight files (``Backbone.content_hash``; cached by file stat, read once)."""
+    return components.backbone.content_hash()
 
 
 def _check_marker(components: Any, manifest: dict[str, Any]) -> Path:
     key = stable_hash({"weights_sha256": manifest["model"]["weights_sha256"], "up_ft_index": manifest["up_ft_index"],
-                       "model_files_sha256": model_weights_sha256(components.folder)})
+                       "backbone": components.backbone.name, "model_files_sha256": model_weights_sha256(components)})
     return cache_root() / CHECKS_SUBDIR / f"{key[:32]}.json"
 
 
@@ -71,8 +65,8 @@ def verify_export_weights(components: Any, manifest: dict[str, Any], folder: Pat
         unet, vae = components.unet, components.vae
     else:
         logger.info("checking export %s against the weights of %s (once)", folder, components.folder)
-        unet, vae = load_networks(components.folder, components.up_ft_index)
-    if manifest["model"]["weights_sha256"] != weights_hash(unet, vae):
+        unet, vae = components.load_networks()
+    if manifest["model"]["weights_sha256"] != weights_hash(*(m for m in (unet, vae) if m is not None)):
         raise ValueError(f"export {folder} was made from other weights ({manifest['model']['id']}) than the "
                          f"loaded model ({components.model_id}); export this model or pass its --model")
     if marker is not None:
@@ -94,11 +88,10 @@ def resolve_export(components: Any, dtype: torch.dtype, export_dir: str | os.Pat
     """
     if export_dir is not None and (Path(export_dir) / MANIFEST_NAME).is_file():
         folder = Path(export_dir)
-        try:
-            manifest = load_manifest(folder)  # every file against its sha256
-        except ManifestError as err:
-            raise ManifestError(f"export {folder} cannot be used: {err}. It was not changed: export again into a "
-                                "new folder (`dift-fast export --out DIR`), or delete it to export there") from None
+        manifest = load_manifest(folder)  # every file against its sha256
+        if manifest.get("backbone", "sd") != components.backbone.name:
+            raise ValueError(f"export {folder} is of backbone {manifest.get('backbone', 'sd')!r}, the extractor runs "
+                             f"{components.backbone.name!r}; export this model (dift-fast export --preset ...)")
         if manifest["up_ft_index"] != components.up_ft_index:
             raise ValueError(f"export {folder} is of up block {manifest['up_ft_index']}, the extractor wants "
                              f"up_ft_index={components.up_ft_index}; export again with --up-ft-index")

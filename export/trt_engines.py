@@ -4,6 +4,10 @@ Engines live in ``<export>/tensorrt/`` as ``<graph>.plan`` with ``<graph>.plan.j
 TensorRT version, GPU name and compute capability, profile); a plan whose manifest does not match is rebuilt (or
 refused under ``no_build``). Nothing here needs TensorRT: :func:`.trt_backend.load_or_build` applies the policy and
 builds (:mod:`.trt_builder`) when no cached plan fits.
+
+Profiles are sized from what the extractor runs: ``max_images`` images per VAE call and ``max_images × E`` rows per
+UNet call (E the ensemble size), at the configured image size for dynamic-size exports. A larger micro-batch is run
+in chunks of at most the profile's rows (:func:`row_chunks`), so no batch size can overflow an engine.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ __all__ = [
     "Profile",
     "build_profiles",
     "check_engine_manifest",
+    "downsample_factor",
     "engine_cache_key",
     "engine_manifest",
     "find_cached_plan",
+    "row_chunks",
     "write_plan",
 ]
 
@@ -45,6 +51,10 @@ class Profile:
 
     def to_dict(self) -> dict[str, list[list[int]]]:
         return {name: [list(s) for s in mmo] for name, mmo in sorted(self.shapes.items())}
+
+    def max_rows(self, name: str) -> int:
+        """The largest first dimension (batch rows) the profile admits for input ``name``."""
+        return int(self.shapes[name][2][0])
 
 
 @dataclass(frozen=True)
@@ -102,35 +112,71 @@ def check_engine_manifest(found: Any, expected: dict[str, Any]) -> list[str]:
     return reasons
 
 
+DEFAULT_PIXEL_RANGE = (256, 768, 1024)  # image side (min, opt, max) of dynamic exports; opt: the presets' size
+
+
+def downsample_factor(manifest: dict[str, Any]) -> int:
+    """Image pixels per latent cell: the encoder graph's factor, 1 for a pixel-space export (no encoder graph)."""
+    graphs = manifest["graphs"]
+    return int(graphs["vae_encoder"]["downsample_factor"]) if "vae_encoder" in graphs else 1
+
+
 def _dims(shape: list[int | str], batch: int, sizes: dict[str, int]) -> tuple[int, ...]:
     return tuple(batch if d == "batch" else int(sizes[d]) if isinstance(d, str) else int(d) for d in shape)
 
 
-def build_profiles(manifest: dict[str, Any], max_batch: int, opt_batch: int | None = None,
-                   latent_range: tuple[int, int, int] | None = None) -> dict[str, Profile]:
-    """Profiles for the export's graphs: batch 1..max_batch; for dynamic sizes, latent side (min, opt, max).
+def _positive(name: str, value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
 
-    The VAE sees images, the UNet E latents per image; both get the same batch range.
+
+def build_profiles(manifest: dict[str, Any], max_images: int, ensemble_size: int = 1, opt_images: int | None = None,
+                   latent_range: tuple[int, int, int] | None = None,
+                   latent_hw: tuple[int, int] | None = None) -> dict[str, Profile]:
+    """Profiles for the export's graphs: rows 1..max_images (VAE) and 1..max_images·E (UNet).
+
+    Args:
+        max_images: images per engine call (the extractor's batch size).
+        ensemble_size: E, UNet rows per image.
+        opt_images: the batch the engines are tuned for (default ``max_images``).
+        latent_range: dynamic-size exports: (min, opt, max) latent side, both axes.
+        latent_hw: dynamic-size exports without ``latent_range``: the one latent (h, w) the extractor runs (its
+            configured image size); neither: :data:`DEFAULT_PIXEL_RANGE` in latent cells. Static exports keep their
+            sizes. An export without an encoder graph (pixel space) gets a UNet profile only.
     """
-    if max_batch < 1:
-        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-    opt = min(opt_batch or max_batch, max_batch)
-    f = manifest["graphs"]["vae_encoder"]["downsample_factor"]
-    lo, mid, hi = latent_range or (32, 96, 128)  # 256..1024 px, opt 768 (the presets' size)
+    _positive("max_images (max_batch)", max_images)
+    _positive("ensemble_size", ensemble_size)
+    opt = min(_positive("opt_images (opt_batch)", opt_images), max_images) if opt_images is not None else max_images
+    f = downsample_factor(manifest)
+    if latent_range is not None:
+        sides = [(int(v), int(v)) for v in latent_range]
+    elif latent_hw is not None:
+        sides = [(int(latent_hw[0]), int(latent_hw[1]))] * 3
+    else:
+        sides = [(px // f, px // f) for px in DEFAULT_PIXEL_RANGE]
+    rows = {"unet": ensemble_size, "vae_encoder": 1}
     out = {}
-    for graph in ("unet", "vae_encoder"):
+    for graph in [g for g in ("unet", "vae_encoder") if g in manifest["graphs"]]:
         shapes = {}
         for spec in manifest["graphs"][graph]["inputs"]:
             if spec["name"] == "timestep":
                 shapes[spec["name"]] = ((1,), (1,), (1,))
                 continue
             mmo = []
-            for b, side in ((1, lo), (opt, mid), (max_batch, hi)):
-                sizes = {"height": side, "width": side, "image_height": side * f, "image_width": side * f}
-                mmo.append(_dims(spec["shape"], b, sizes))
+            for batch, (h, w) in zip((1, opt * rows[graph], max_images * rows[graph]), sides):  # min: one row
+                sizes = {"height": h, "width": w, "image_height": h * f, "image_width": w * f}
+                mmo.append(_dims(spec["shape"], batch, sizes))
             shapes[spec["name"]] = tuple(mmo)
         out[graph] = Profile(shapes)
     return out
+
+
+def row_chunks(n: int, max_rows: int) -> list[slice]:
+    """Row slices of at most ``max_rows`` covering ``0..n``: full chunks, then the remainder (two shapes at most)."""
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    return [slice(start, min(start + max_rows, n)) for start in range(0, n, max_rows)]
 
 
 def find_cached_plan(folder: Path, graph: str, expected: dict[str, Any]) -> tuple[bytes | None, list[str]]:

@@ -68,7 +68,7 @@ def tiny_extractor_factory(tiny_model_dir):
             "spair",
             **{"model": str(tiny_model_dir), "ensemble_size": 2, "image_size": (64, 48), "device": "cpu", **overrides},
         )
-        key = (config.up_ft_index, config.dtype)  # backends cast modules in place: one copy per dtype
+        key = config.up_ft_index  # backends run placed copies and never move these: one set serves every dtype
         if key not in cache:
             cache[key] = load_components(config.model, None, config.up_ft_index)
         return DiftExtractor(cache[key], config)

@@ -31,6 +31,9 @@ def test_defaults_round_trip_through_dicts(tmp_path):
     (TrtOptions, {"max_batch": 4, "opt_batch": 8}, "TrtOptions.opt_batch=8"),
     (TrtOptions, {"latent_range": (64, 32, 96)}, r"TrtOptions.latent_range=\(64, 32, 96\)"),
     (TrtOptions, {"workspace_gb": -1}, "TrtOptions.workspace_gb=-1"),
+    # onnxruntime captures CUDA graphs of static-size exports only, and not on the CPU provider
+    (OrtOptions, {"cuda_graph": True}, "OrtOptions.cuda_graph=True.*static-size export"),
+    (OrtOptions, {"cuda_graph": True, "export_dir": "e", "provider": "cpu"}, "OrtOptions.cuda_graph=True.*not 'cpu'"),
 ])
 def test_invalid_values_name_the_field(kind, fields, named):
     with pytest.raises(ValueError, match=named):
@@ -43,6 +46,9 @@ def test_dicts_are_validated_into_the_backends_dataclass():
     opts = backend_options_for("onnxruntime", {"export_dir": "e", "no_build": True})
     assert opts == OrtOptions(export_dir="e", no_build=True)
     assert backend_options_for("tensorrt", None, max_batch=4) == TrtOptions(max_batch=4)
+    assert TrtOptions().max_batch is None  # sized from the extractor's batch size unless given
+    assert TrtOptions(opt_batch=8).opt_batch == 8  # no max_batch to exceed: checked against the batch size later
+    assert OrtOptions(cuda_graph=True, export_dir="e", provider="cuda").cuda_graph
     assert backend_options_for("onnxruntime", OrtOptions(export_dir="e"), no_build=True) == OrtOptions("e", True)
     assert backend_options_for("torch") is None
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['max_batch'\]"):

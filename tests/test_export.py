@@ -95,15 +95,17 @@ def test_extractor_onnxruntime_matches_torch(fp32_export, comps):
     assert rel_l2(ex.extract(images), ref) < FP32_TOL
 
 
-def test_fp16_graph_keeps_softmax_and_groupnorm_in_fp32(fp16_dynamic_export):
+def test_fp16_graph_keeps_groupnorm_in_fp32(fp16_dynamic_export):
+    """GroupNorm statistics stay fp32; attention is half precision in TensorRT's fusable form
+    (tests/test_export_attention.py)."""
     folder, manifest = fp16_dynamic_export
     assert manifest["dtype"] == "fp16" and manifest["graphs"]["unet"]["inputs"][0]["dtype"] == "float16"
     model = onnx.shape_inference.infer_shapes(onnx.load(str(folder / "unet.onnx")))
     types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.input)}
     types.update({t.name: t.data_type for t in model.graph.initializer})
-    sensitive = [n for n in model.graph.node if n.op_type in ("Softmax", "InstanceNormalization")]
-    assert sensitive, "the tiny UNet has attention and GroupNorm"
-    for node in sensitive:
+    norms = [n for n in model.graph.node if n.op_type == "InstanceNormalization"]
+    assert norms, "the tiny UNet has GroupNorm"
+    for node in norms:
         assert types[node.input[0]] == onnx.TensorProto.FLOAT, f"{node.op_type} {node.name} runs in half precision"
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
 
@@ -163,9 +165,9 @@ def test_export_is_cached_and_keyed(comps, fp32_export):
     from dift_fast.export.graphs import export_key
 
     spec = {k: manifest[k] for k in ("model", "up_ft_index", "dtype", "opset", "dynamic_size", "image_size",
-                                     "fixed_prompt")}
+                                     "fixed_prompt", "attention")}
     assert export_key(spec) == manifest["export_key"]
-    for change in ({"dtype": "fp16"}, {"image_size": [64, 64]}, {"up_ft_index": 2}, {"opset": 21},
+    for change in ({"dtype": "fp16"}, {"image_size": [64, 64]}, {"up_ft_index": 2}, {"opset": 21}, {"attention": None},
                    {"model": {**spec["model"], "weights_sha256": "0" * 64}}):
         assert export_key({**spec, **change}) != manifest["export_key"], change
 
@@ -273,6 +275,12 @@ def test_ort_cuda_matches_torch(fp32_export, comps, cuda_graph):
         out = backend.features(x.cuda(), 261, ctx.cuda())
         # CUDA convolutions may use TF32 (10-bit mantissa) inside onnxruntime: looser than the CPU bound.
         assert rel_l2(out.cpu(), ref) < 1e-2
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):  # another current stream: ordered by stream waits, not by the host
+        out = backend.features(x.cuda(), 261, ctx.cuda())
+        mean, _ = backend.encode(torch.rand(2, 3, 48, 64) * 2 - 1)  # a host tensor, copied without a stream wait
+    torch.cuda.synchronize()
+    assert rel_l2(out.cpu(), ref) < 1e-2 and mean.shape == (2, 4, 6, 8)
 
 
 def test_accelerated_backend_loads_only_what_it_runs(tiny_model_dir, fp32_export, comps, tmp_path, monkeypatch):
@@ -353,7 +361,7 @@ def test_a_modified_export_folder_the_user_gave_is_refused(comps, fp32_export, t
     shutil.copytree(fp32_export[0], copy)
     _flip_last_byte(copy / "vae_encoder.onnx")
     before = (copy / "vae_encoder.onnx").read_bytes()
-    with pytest.raises(ManifestError, match=r"vae_encoder\.onnx content differs.*was not changed"):
+    with pytest.raises(ManifestError, match=r"vae_encoder\.onnx content differs.*not used and not changed"):
         create(comps, torch.device("cpu"), torch.float32, export_dir=str(copy))
     assert (copy / "vae_encoder.onnx").read_bytes() == before  # the user's folder is left as it was
 
@@ -373,9 +381,12 @@ def test_a_modified_cached_export_is_exported_again(comps, tmp_path, monkeypatch
 
 
 def test_a_static_export_at_another_image_size_names_its_size(comps, fp32_export):
+    """Images kept at their own size (image_size=None) reach a static export one by one: each other size is refused
+    naming the export's (a configured image size is checked when the backend is made: the test above)."""
     extractor = DiftExtractor(comps, DiftConfig.from_preset("spair", model=str(comps.folder), ensemble_size=2,
-                                                            image_size=(64, 64), device="cpu", backend="onnxruntime"),
+                                                            image_size=None, device="cpu", backend="onnxruntime"),
                               export_dir=str(fp32_export[0]))
+    assert extractor.extract(torch.zeros(1, 3, 48, 64)).shape[0] == 1  # the exported size runs
     with pytest.raises(ValueError, match=r"static: its graphs take 64x48 images only, not 64x64"):
         extractor.extract(torch.zeros(1, 3, 64, 64))
 
@@ -403,3 +414,32 @@ def test_export_never_writes_over_files_that_are_not_an_export(comps, fp32_expor
     (unfinished / "manifest.json").unlink()
     folder, manifest = export_onnx(comps, unfinished, image_size=SIZE)
     assert load_manifest(folder) == manifest
+def test_bf16_is_refused_before_anything_is_exported(comps, tmp_path, monkeypatch):
+    """bf16 is the CUDA default: onnxruntime refuses it at once, naming what to use, instead of after an export."""
+    import dift_fast.export.resolve as resolve_mod
+
+    monkeypatch.setattr(resolve_mod, "export_onnx", lambda *a, **k: pytest.fail("exported before refusing bf16"))
+    with pytest.raises(ValueError, match=r"requested dtype is bf16.*dtype='fp16'.*backend='tensorrt'"):
+        create(comps, torch.device("cpu"), torch.bfloat16, export_dir=str(tmp_path / "new"))
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(ValueError, match=r"requested dtype is bf16"):
+        create(comps, torch.device("cpu"), torch.bfloat16)  # into the export cache: refused as early
+
+
+def test_an_existing_export_decides_the_dtype(comps, fp32_export):
+    """A bf16 request with an fp32 export runs the export's fp32 graphs (the export's dtype wins)."""
+    backend = create(comps, torch.device("cpu"), torch.bfloat16, export_dir=str(fp32_export[0]))
+    assert backend.dtype == torch.float32
+
+
+def test_cuda_graph_needs_a_static_export(fp16_dynamic_export):
+    with pytest.raises(ValueError, match="cuda_graph needs a static-size export"):
+        OrtBackend(fp16_dynamic_export[0], torch.device("cpu"), cuda_graph=True)
+
+
+def test_a_static_export_of_another_size_is_refused(comps, fp32_export):
+    config = DiftConfig.from_preset("spair", model=str(comps.folder), image_size=(64, 64))
+    with pytest.raises(ValueError, match=r"static size 64x48.*64x64"):
+        create(comps, torch.device("cpu"), torch.float32, export_dir=str(fp32_export[0]), config=config)
+    good = DiftConfig.from_preset("spair", model=str(comps.folder), image_size=SIZE)
+    assert create(comps, torch.device("cpu"), torch.float32, export_dir=str(fp32_export[0]), config=good)

@@ -24,7 +24,7 @@ FP32_EPS = 2.0**-23  # float32 spacing at 1: one ulp of x is at most FP32_EPS * 
 
 @pytest.fixture(scope="module")
 def make_extractor(tiny_model_dir):
-    """Extractors on the tiny model; each (device, dtype) gets its own components (backends move them in place)."""
+    """Extractors on the tiny model, one set of components per (device, dtype) (backends run copies of them)."""
     cache: dict[tuple, object] = {}
 
     def make(device: str, dtype: str | None = None, **overrides) -> DiftExtractor:

@@ -20,10 +20,8 @@ from dift_fast.identity import (
     describe_diff,
     extractor_identity,
     feature_identity,
-    sd_model_identity,
 )
 from dift_fast.io import load_features
-from dift_fast.schedule import schedule_record
 from dift_fast.store import FeatureStore, StoreConfigError, StoreJob, extract_to_store
 
 TINY = ["--ensemble-size", "2", "--image-size", "64x48", "--device", "cpu", "--no-progress"]
@@ -156,11 +154,20 @@ def test_a_scheduler_with_fewer_steps_than_t_is_a_clear_error(tiny_model_dir, tm
     assert "100 steps" in capsys.readouterr().err
 
 
-def test_schedule_record_keeps_what_decides_alpha_bar():
-    sd = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000}
-    assert schedule_record({**sd, "steps_offset": 1, "_diffusers_version": "0.30"}) == schedule_record(sd)
-    assert schedule_record({**sd, "beta_end": 0.02}) != schedule_record(sd)
-    assert schedule_record({**sd, "trained_betas": [0.1] * 3}) != schedule_record({**sd, "trained_betas": [0.2] * 3})
+def test_the_schedule_part_is_what_decides_alpha_bar(tiny_model_dir, tiny_extractor_factory, tmp_path):
+    """A scheduler config that differs only in sampling settings is the same schedule; another beta_end is not."""
+    base = config_identity(tiny_extractor_factory().config)
+
+    def with_scheduler(name, **changes):
+        model = shutil.copytree(tiny_model_dir, tmp_path / name)
+        path = model / "scheduler" / "scheduler_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+        return config_identity(tiny_extractor_factory().config.replace(model=str(model)))
+
+    sampling = with_scheduler("sampling", steps_offset=7, _diffusers_version="9.9")
+    assert sampling["schedule"] == base["schedule"]
+    other = with_scheduler("beta", beta_end=0.02)
+    assert other["schedule"]["beta_end"] == 0.02 and other["schedule"] != base["schedule"]
 
 
 def test_feature_identity_takes_the_backbone_model_identity_dict():
@@ -176,14 +183,6 @@ def test_feature_identity_takes_the_backbone_model_identity_dict():
         feature_identity(model, **{**kwargs, "device_type": "cuda:1"})
     assert describe_diff(ident, {**ident, "schedule": {"kind": "linear", "steps": 500}}) == (
         "schedule.steps: store has 1000, this run 500")
-
-
-def test_sd_model_identity_needs_the_weight_folders(tiny_model_dir, tmp_path):
-    ident = sd_model_identity(tiny_model_dir, {})
-    assert ident.backbone == "sd" and len(ident.content_hash) == 64
-    with pytest.raises(ValueError, match="no text_encoder/ folder"):
-        sd_model_identity(shutil.copytree(tiny_model_dir, tmp_path / "m", ignore=shutil.ignore_patterns(
-            "text_encoder")), {})
 
 
 def test_one_store_takes_one_device_type():

@@ -146,10 +146,17 @@ def load_adm_unet(
 
 
 def load_adm_truncated(
-    checkpoint: str | os.PathLike, block: int, dtype: torch.dtype = torch.float32, use_cache: bool = True
+    checkpoint: str | os.PathLike,
+    block: int,
+    dtype: torch.dtype = torch.float32,
+    use_cache: bool = True,
+    config: dict[str, Any] | None = None,
 ) -> TruncatedADM:
-    """Load the ADM checkpoint and keep only what DIFT's output block ``block`` needs (the rest is freed)."""
-    unet = load_adm_unet(checkpoint, dtype=dtype, use_cache=use_cache)
+    """Load the ADM checkpoint and keep only what DIFT's output block ``block`` needs (the rest is freed).
+
+    ``config``: the ``UNet2DModel`` config (default: the packaged ``adm256`` one).
+    """
+    unet = load_adm_unet(checkpoint, dtype=dtype, config=config, use_cache=use_cache)
     return TruncatedADM(unet, block).eval()
 
 

@@ -32,7 +32,7 @@ import torch
 
 from .weights import WeightsError, check_state_dict
 
-__all__ = ["ConversionRule", "adm_conversion_rules", "convert_adm_state_dict"]
+__all__ = ["ConversionRule", "adm_conversion_rules", "convert_adm_state_dict", "to_guided_diffusion_state_dict"]
 
 _RESNET_PARTS = {
     "in_layers.0": "norm1",
@@ -198,4 +198,35 @@ def convert_adm_state_dict(
     check_state_dict(
         {k: tuple(v.shape) for k, v in out.items()}, target_shapes, source, "the ADM UNet (after conversion)"
     )
+    return out
+
+
+def _fuse_qkv(parts: tuple[torch.Tensor, ...], head_dim: int) -> torch.Tensor:
+    """Inverse of :func:`_split_qkv`: q, k, v ``[C, C]`` (or ``[C]``) -> legacy fused ``[3C, C, 1]`` (or ``[3C]``)."""
+    channels = parts[0].shape[0]
+    rest = parts[0].shape[1:]
+    grouped = torch.stack([p.reshape(channels // head_dim, head_dim, *rest) for p in parts], dim=1)
+    fused = grouped.reshape(3 * channels, *rest)
+    return fused[..., None] if rest else fused
+
+
+def to_guided_diffusion_state_dict(
+    state: Mapping[str, torch.Tensor], config: Mapping[str, Any]
+) -> dict[str, torch.Tensor]:
+    """The inverse conversion: ``UNet2DModel`` weights -> a guided-diffusion state dict with its own key names.
+
+    Writes checkpoints shaped like ``256x256_diffusion_uncond.pt`` (dift-fast's tiny ADM test model);
+    ``convert_adm_state_dict`` of the result gives ``state`` back exactly.
+    """
+    head_dim = int(config["attention_head_dim"])
+    out: dict[str, torch.Tensor] = {}
+    for rule in adm_conversion_rules(config, state):
+        parts = tuple(state[t] for t in rule.targets)
+        if rule.kind == "qkv":
+            tensor = _fuse_qkv(parts, head_dim)
+        elif rule.kind == "squeeze" and parts[0].ndim == 2:
+            tensor = parts[0][..., None]
+        else:
+            tensor = parts[0]
+        out[rule.sources[0]] = tensor.contiguous()
     return out

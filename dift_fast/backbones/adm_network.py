@@ -7,17 +7,21 @@ it is kept or run (no later resnets, attentions, levels, ``conv_norm_out`` or ``
 
 The modules are diffusers' own (``ResnetBlock2D``, ``Attention``, the down and mid blocks), shared with the source
 model, composed here in ``UNet2DModel.forward``'s order: time embedding, ``conv_in``, down blocks (collecting skips),
-mid block, then the up path resnet by resnet, each consuming the last skip.
+mid block, then the up path resnet by resnet, each consuming the last skip. One forward can return several blocks
+(``blocks=(4, 7)``): the pass runs to the deepest one and the shallower ones are taken on the way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..unet import requested_blocks
 
 __all__ = ["AdmBlock", "TruncatedADM", "adm_block"]
 
@@ -67,17 +71,6 @@ class _UpLevel(nn.Module):
         if self.upsampler is not None and getattr(block, "upsample_type", "resnet") != "resnet":
             raise NotImplementedError("TruncatedADM expects resnet upsamplers (upsample_type='resnet')")
 
-    def forward(
-        self, hidden: torch.Tensor, skips: list[torch.Tensor], temb: torch.Tensor
-    ) -> torch.Tensor:  # pops from ``skips``
-        for j, resnet in enumerate(self.resnets):
-            hidden = resnet(torch.cat([hidden, skips.pop()], dim=1), temb)
-            if self.attentions is not None:
-                hidden = self.attentions[j](hidden)
-        if self.upsampler is not None:
-            hidden = self.upsampler(hidden, temb)
-        return hidden
-
 
 class TruncatedADM(nn.Module):
     """``UNet2DModel`` truncated after DIFT's output block ``block`` (guided-diffusion numbering).
@@ -113,6 +106,7 @@ class TruncatedADM(nn.Module):
                 )
             )
         self.up_levels = nn.ModuleList(levels)
+        self.per_level = per_level
         self.num_skips_used = self.block.index + 1
         # Every downsampler halves the size; sizes must survive all of them exactly (guided-diffusion's rule).
         self.size_multiple = 2 ** (len(config["block_out_channels"]) - 1)
@@ -122,15 +116,53 @@ class TruncatedADM(nn.Module):
         return self.conv_in.weight.dtype
 
     @property
+    def feature_block(self) -> int:
+        """The deepest block kept: what ``forward`` returns without ``blocks``."""
+        return self.block.index
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.conv_in.in_channels)
+
+    @property
     def out_channels(self) -> int:
         """Channels of the feature."""
         return self.block.channels
+
+    def block_channels(self, k: int) -> int:
+        """Output channels of block ``k``."""
+        return adm_block(self.config, k).channels
+
+    @property
+    def num_downsamplers(self) -> int:
+        return sum(1 for b in self.down_blocks if getattr(b, "downsamplers", None) is not None)
+
+    def num_upsamplers(self, k: int | None = None) -> int:
+        """Upsamplers that run up to block ``k`` (default: the feature block)."""
+        info = adm_block(self.config, self.block.index if k is None else k)
+        return info.level + int(info.upsample)
+
+    @property
+    def trace_side(self) -> int:
+        """An input side for tracing a general-size graph (sizes must be multiples of ``size_multiple``)."""
+        return 2 * self.size_multiple
+
+    @contextlib.contextmanager
+    def general_size_trace(self) -> Iterator[None]:
+        """Nothing to switch: every size that runs takes the same (exact) path."""
+        yield
 
     def forward(
         self,
         sample: torch.Tensor,  # [N, 3, H, W], the noised image x_t
         timestep: torch.Tensor | int,  # raw integer t: scalar or [N]
-    ) -> torch.Tensor:  # [N, C, H / stride, W / stride]
+        encoder_hidden_states: torch.Tensor | None = None,  # unconditional: must be None
+        blocks: Sequence[int] | None = None,
+    ) -> torch.Tensor | dict[int, torch.Tensor]:  # [N, C, H / stride, W / stride], or {k: ...} with ``blocks``
+        """Output block ``block``'s features; with ``blocks``, a dict of every block asked for (one pass)."""
+        if encoder_hidden_states is not None:
+            raise ValueError("ADM is unconditional: it takes no encoder_hidden_states (text embeddings)")
+        wanted = requested_blocks(blocks, self.block.index) if blocks is not None else (self.block.index,)
         h, w = sample.shape[-2:]
         m = self.size_multiple
         if h % m or w % m:
@@ -158,7 +190,18 @@ class TruncatedADM(nn.Module):
             produced += len(res)
         hidden = self.mid_block(hidden, emb)
 
-        # Up path through block k.
-        for level in self.up_levels:
-            hidden = level(hidden, skips, emb)
-        return hidden
+        # Up path through the deepest block asked for; block k = resnet j of level i, k = i·(L+1) + j.
+        outputs: dict[int, torch.Tensor] = {}
+        for i, level in enumerate(self.up_levels):
+            for j, resnet in enumerate(level.resnets):
+                k = i * self.per_level + j
+                if k > wanted[-1]:
+                    break
+                hidden = resnet(torch.cat([hidden, skips.pop()], dim=1), emb)
+                if level.attentions is not None:
+                    hidden = level.attentions[j](hidden)
+                if j == len(level.resnets) - 1 and level.upsampler is not None:
+                    hidden = level.upsampler(hidden, emb)
+                if k in wanted:
+                    outputs[k] = hidden
+        return outputs if blocks is not None else outputs[self.block.index]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..loading import ModelLoadError
+from .base import ModelLoadError
 
 __all__ = [
     "WeightsError",

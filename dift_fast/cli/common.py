@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from ..backbones.catalog import default_preset_for_model
 from ..config import DEFAULT_MODEL, DTYPES, PRESETS
 
 
@@ -27,15 +28,34 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model and configuration")
     g.add_argument(
         "--model",
-        default=DEFAULT_MODEL,
-        help=f"hub id, local diffusers folder or tiny-random (default {DEFAULT_MODEL})",
+        default=None,
+        help=f"SD: hub id, diffusers folder or tiny-random (default {DEFAULT_MODEL}, unless the preset names one); "
+        "DIFT_adm: the checkpoint 256x256_diffusion_uncond.pt or tiny-random-adm",
     )
     g.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     g.add_argument(
-        "--preset", default="spair", choices=sorted(PRESETS), help="named settings from the paper (default spair)"
+        "--preset",
+        default=None,
+        choices=list(PRESETS),
+        help="named settings, which also pick the backbone: SD spair/hpatches/davis, DIFT_adm adm-spair/adm-hpatches/"
+        "adm-davis, cleandift (default: spair, or adm-spair for a checkpoint file or tiny-random-adm)",
+    )
+    g.add_argument(
+        "--unet-weights",
+        default=None,
+        metavar="FILE",
+        help="SD/CleanDIFT: a .safetensors file (local, or owner/repo/filename on the hub) replacing the UNet's "
+        "weights (the cleandift preset's default: CleanDIFT's file)",
     )
     g.add_argument("--t", type=int, default=None, help="diffusion timestep 0..999 (preset's by default)")
-    g.add_argument("--up-ft-index", type=int, default=None, help="UNet up block 0..3 whose output is the feature")
+    g.add_argument(
+        "--up-ft-index",
+        "--block",
+        dest="up_ft_index",
+        type=int,
+        default=None,
+        help="the feature block: SD's UNet up block 0..3, ADM's output block 0..17 (preset's by default)",
+    )
     g.add_argument("--ensemble-size", type=int, default=None, help="noise draws averaged per image (E)")
     g.add_argument("--image-size", default=None, help="WxH images are resized to, e.g. 768x768")
     g.add_argument("--prompt", default=None, help="text prompt (default: empty)")
@@ -74,9 +94,11 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """DiftConfig overrides from the parsed options (only the ones given)."""
-    out: dict[str, Any] = {"model": args.model}
+    out: dict[str, Any] = {}
     for field in (
+        "model",
         "revision",
+        "unet_weights",
         "t",
         "up_ft_index",
         "ensemble_size",
@@ -111,4 +133,10 @@ def load_extractor(args: argparse.Namespace, **backend_options: Any) -> Any:
     options = {**backend_options_from_args(args), **backend_options}
     if options and (args.backend or "torch") == "torch":
         raise ValueError("--export-dir and --no-build apply to --backend onnxruntime or tensorrt")
-    return DiftExtractor.from_pretrained(preset=args.preset, backend_options=options or None, **config_overrides(args))
+    return DiftExtractor.from_pretrained(preset=resolved_preset(args), backend_options=options or None,
+                                         **config_overrides(args))
+
+
+def resolved_preset(args: argparse.Namespace) -> str:
+    """``--preset``, or the default preset of the backbone ``--model`` points to."""
+    return args.preset or default_preset_for_model(args.model)

@@ -16,7 +16,9 @@ EPILOG = """examples:
   dift-fast eval davis --root data/DAVIS --out results/davis
   dift-fast eval jhmdb --root data/JHMDB --split data/JHMDB/testlist_split1.txt
   dift-fast eval synthetic-homography --model tiny-random --image-size 64x48 --limit 4
-Each benchmark uses its protocol's preset unless --preset is given. Features are cached under --cache
+Each benchmark uses its protocol's preset for the model's backbone unless --preset is given (SD: spair,
+hpatches, davis; a checkpoint file or tiny-random-adm: adm-spair, adm-hpatches, adm-davis; --preset cleandift
+for CleanDIFT). Features are cached under --cache
 (default OUT/cache): an interrupted run resumes. See docs/eval.md for the dataset layouts."""
 
 
@@ -51,9 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..backbones.catalog import default_preset_for_model, preset_card, protocol_preset
     from ..eval.features import FeatureCache
     from ..eval.report import format_table, write_report
-    from ..eval.reported import PROTOCOL_PRESET
 
     bench = args.benchmark
     if args.root is None and bench != "synthetic-homography":
@@ -62,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--root {args.root} is not a folder")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
-    if args.preset is None:
-        args.preset = PROTOCOL_PRESET[bench]
+    if args.preset is None:  # the benchmark's protocol for the backbone the model points to
+        args.preset = protocol_preset(bench, preset_card(default_preset_for_model(args.model)).name)
     out = Path(args.out or Path("eval-results") / bench)
     extractor = load_extractor(args)
     cache = FeatureCache(args.cache or out / "cache", extractor)  # keyed by the feature identity

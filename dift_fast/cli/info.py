@@ -6,10 +6,9 @@ import argparse
 import importlib.util
 import json
 import platform
-from pathlib import Path
 from typing import Any
 
-from .common import add_model_options, backend_options_from_args, config_overrides
+from .common import add_model_options, backend_options_from_args, config_overrides, resolved_preset
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,9 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="show the environment, kernels, backends, and the model's parameter and FLOP counts",
         description=(
             "Show versions, devices, native kernels and backends, the resolved configuration, and the parameter "
-            "counts and FLOPs per image of the VAE encoder and the truncated UNet. Only the component configs "
-            "are read (from the folder, or downloaded from the hub: a few KB); no weights are loaded. "
-            "Try: dift-fast info --model ../shared/sd21 (the SD 2.1 configs)."
+            "counts and FLOPs per image of the encoder and the truncated network of any backbone. Only the "
+            "architecture configs are read (from the folder, the packaged ADM-256 config, or downloaded from the "
+            "hub: a few KB); no weights are loaded. Try: dift-fast info --model adm (DIFT_adm's architecture)."
         ),
     )
     add_model_options(p)
@@ -28,47 +27,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def read_component_configs(model: str, revision: str | None) -> dict[str, dict[str, Any]]:
-    """unet, vae and text_encoder configs of a local folder, 'tiny-random', or a hub id (configs only)."""
-    from ..config import TINY_MODEL
-    from ..loading import ModelLoadError
-
-    names = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json"}
-    if model == TINY_MODEL:
-        from ..tiny import tiny_model_dir
-
-        model = str(tiny_model_dir())
-    folder = Path(model).expanduser()
-    out = {}
-    for comp, fname in names.items():
-        if folder.is_dir():
-            path = folder / comp / fname
-            if not path.is_file():
-                raise ModelLoadError(f"model folder {folder} is missing the '{comp}' component ({comp}/{fname})")
-        else:
-            try:
-                from huggingface_hub import hf_hub_download
-
-                path = Path(hf_hub_download(model, f"{comp}/{fname}", revision=revision))
-            except Exception as err:
-                raise ModelLoadError(
-                    f"could not read {comp}/{fname} of {model!r} from the hub ({type(err).__name__}); "
-                    "pass a local folder with --model (e.g. ../shared/sd21 for the SD 2.1 configs)"
-                ) from None
-        out[comp] = json.loads(path.read_text())
-    return out
-
-
 def gather(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from .. import __version__
+    from ..backbones.registry import backbone_for
     from ..backend_options import backend_options_for
     from ..config import DiftConfig
     from ..extractor import resolve_dtype
-    from ..flops import count_parameters, measure_costs
 
-    config = DiftConfig.from_preset(args.preset, **config_overrides(args))
+    config = DiftConfig.from_preset(resolved_preset(args), **config_overrides(args))
     options = backend_options_for(config.backend, backend_options_from_args(args))
     cuda = torch.cuda.is_available()
     device = torch.device(config.device or ("cuda" if cuda else "cpu"))
@@ -85,21 +53,22 @@ def gather(args: argparse.Namespace) -> dict[str, Any]:
         "kernels": kernel_status(),
         "backends": backend_status(),
     }
-    configs = read_component_configs(config.model, config.revision)
+    backbone = backbone_for(config)  # reads architecture configs only: no weights
     size = config.image_size or (768, 768)
-    costs = measure_costs(configs["unet"], configs["vae"], size, config.up_ft_index)
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    with torch.device("meta"):
-        text_params = count_parameters(CLIPTextModel(CLIPTextConfig(**configs["text_encoder"])))
+    costs = backbone.costs(size, config.up_ft_index)
+    block = backbone.block_info(config.up_ft_index)
     E = config.ensemble_size
     info["model"] = {
-        "truncated_unet_parameters": costs.unet_parameters,
-        "vae_encoder_parameters": costs.vae_encoder_parameters,
-        "text_encoder_parameters": text_params,
+        "backbone": backbone.name,
+        "title": backbone.card.title,
+        "feature_block": {"index": block.index, "channels": block.channels, "stride": block.stride},
+        "truncated_unet_parameters": costs.network_parameters,  # the network up to the block
+        "network_total_parameters": costs.network_total_parameters,
+        "vae_encoder_parameters": costs.encoder_parameters,  # None: no encoder (pixel space)
+        "text_encoder_parameters": costs.text_encoder_parameters,  # None: no text
         "image_size": list(size),
-        "vae_flops_per_image": costs.vae_flops,
-        "unet_flops_per_member": costs.unet_flops,
+        "vae_flops_per_image": costs.encoder_flops,
+        "unet_flops_per_member": costs.network_flops,
         "flops_per_image": costs.per_image(E),
         "reference_flops_per_image": costs.reference_per_image(E),
     }
@@ -156,6 +125,8 @@ def _fmt_count(n: int) -> str:
 
 
 def _fmt_flops(n: int) -> str:
+    if n == 0:
+        return "0 FLOP"
     return f"{n / 1e12:,.3f} TFLOP" if n >= 1e11 else f"{n / 1e9:,.3f} GFLOP"
 
 
@@ -176,21 +147,29 @@ def run(args: argparse.Namespace) -> int:
         opts = ", ".join(f"{k}={v!r}" for k, v in info["backend_options"].items())
         print(f"options      {cfg['backend']}: {opts}")
     print(f"model        {cfg['model']} (revision {cfg['revision'] or 'default'})")
+    print(f"backbone     {m['backbone']}: {m['title']}")
     w, h = m["image_size"]
+    fb = m["feature_block"]
     print(
-        f"config       preset {cfg['preset']}, {w}x{h}, t={cfg['t']}, up_ft_index={cfg['up_ft_index']}, "
-        f"E={cfg['ensemble_size']}, prompt {cfg['prompt']!r}, seed {cfg['seed']}, batch {cfg['batch_size']}"
+        f"config       preset {cfg['preset']}, {w}x{h}, t={cfg['t']}, up_ft_index={cfg['up_ft_index']} "
+        f"({fb['channels']} channels, stride {fb['stride']}), E={cfg['ensemble_size']}, prompt {cfg['prompt']!r}, "
+        f"seed {cfg['seed']}, batch {cfg['batch_size']}"
+    )
+    total = m["network_total_parameters"]
+    encoder = m["vae_encoder_parameters"]
+    text = m["text_encoder_parameters"]
+    print(
+        f"parameters   network to block {cfg['up_ft_index']} {_fmt_count(m['truncated_unet_parameters'])}"
+        + (f" (of {_fmt_count(total)})" if total else "")
+        + f", encoder {_fmt_count(encoder) if encoder is not None else 'none (pixel space)'}"
+        + f", text encoder {_fmt_count(text) if text is not None else 'none'}"
     )
     print(
-        f"parameters   truncated UNet {_fmt_count(m['truncated_unet_parameters'])}, "
-        f"VAE encoder {_fmt_count(m['vae_encoder_parameters'])}, text encoder {_fmt_count(m['text_encoder_parameters'])}"
-    )
-    print(
-        f"FLOPs/image  VAE {_fmt_flops(m['vae_flops_per_image'])} (once), "
-        f"UNet to block {cfg['up_ft_index']} {_fmt_flops(m['unet_flops_per_member'])} (x E={cfg['ensemble_size']})"
+        f"FLOPs/image  encoder {_fmt_flops(m['vae_flops_per_image'])} (once), network to block {cfg['up_ft_index']} "
+        f"{_fmt_flops(m['unet_flops_per_member'])} (x E={cfg['ensemble_size']})"
     )
     print(
         f"             dift-fast {_fmt_flops(m['flops_per_image'])} vs reference "
-        f"{_fmt_flops(m['reference_flops_per_image'])} (VAE on every member)"
+        f"{_fmt_flops(m['reference_flops_per_image'])} (encoder on every member)"
     )
     return 0

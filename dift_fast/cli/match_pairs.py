@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_model_options, config_overrides, load_extractor
+from .common import add_model_options, config_overrides, load_extractor, resolved_preset
 
 MAX_LISTED_FAILURES = 20
 
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ..config import DiftConfig
     from ..interop.match_pairs import match_pairs
 
-    config = DiftConfig.from_preset(args.preset, **config_overrides(args))
+    config = DiftConfig.from_preset(resolved_preset(args), **config_overrides(args))
     summary = match_pairs(
         args.images,
         args.pairs,

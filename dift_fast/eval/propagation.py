@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..backbones.catalog import propagation_overrides
+
 __all__ = [
     "PropagationParams",
     "VideoPropagator",
@@ -39,6 +41,11 @@ class PropagationParams:
     n_last_frames: int = 28  # context: the first frame plus this many preceding frames
     topk: int = 15  # affinities kept per query
     radius: int = 15  # square window half-size in feature cells; <= 0: no window (the reference's convention)
+
+    @classmethod
+    def for_preset(cls, preset: str | None) -> PropagationParams:
+        """The defaults with the preset's own settings on top (``adm-davis``: temperature 0.1, top-k 10)."""
+        return cls(**propagation_overrides(preset))
 
 
 def propagate_labels(

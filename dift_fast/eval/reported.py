@@ -5,7 +5,9 @@ Only numbers the spec states are listed; a benchmark without any shows its measu
 
 from __future__ import annotations
 
-__all__ = ["PROTOCOL_PRESET", "REPORTED", "REPORTED_SOURCE"]
+__all__ = ["REPORTED", "REPORTED_SOURCE"]
+
+# Each benchmark's protocol preset, per backbone, is in dift_fast.backbones.catalog (protocol_preset).
 
 # benchmark -> metric name (as the runners name them) -> reported value in percent (DIFT_sd).
 REPORTED: dict[str, dict[str, float]] = {
@@ -28,14 +30,4 @@ REPORTED_SOURCE: dict[str, str] = {
     "jhmdb": "the paper reports JHMDB PCK@0.1/0.2 for DIFT_sd and DIFT_adm in its temporal-correspondence table; "
     "they could not be checked against the paper here, so none are listed",
     "synthetic-homography": "no paper numbers: this benchmark is dift-fast's own end-to-end check",
-}
-
-# The preset whose settings are each benchmark's protocol (spec §5).
-PROTOCOL_PRESET: dict[str, str] = {
-    "spair": "spair",
-    "pf-willow": "spair",
-    "hpatches": "hpatches",
-    "davis": "davis",
-    "jhmdb": "davis",  # DIFT's code gives no JHMDB settings; its DAVIS ones are used (docs/eval.md)
-    "synthetic-homography": "hpatches",
 }

@@ -2,6 +2,7 @@
 
 - :mod:`.feature_index`: :class:`FeatureIndex` (flat or IVF-PQ, CPU or GPUs, saved to one file);
 - :mod:`.labels`: (image id, x, y) labels packed into faiss ids, and dense cells' labels;
+- :mod:`.shards`: an exact index sharded over several GPUs that takes any number of adds;
 - :mod:`.gallery`: :func:`find_points`, retrieval on pooled descriptors followed by exact point transfer.
 """
 

@@ -37,6 +37,7 @@ from ..atomic import atomic_path
 from ..faiss_utils import faiss_gpu_count, gpu_resources, import_faiss
 from ..matching.descriptors import pooled_descriptors
 from .labels import cell_pixel_labels, pack_labels, unpack_labels
+from .shards import index_to_cpu, shard_flat
 
 __all__ = ["FORMAT", "FeatureIndex", "SearchResult", "default_nlist", "default_pq_bytes"]
 
@@ -87,8 +88,9 @@ class FeatureIndex:
             bytes per vector), or None. Refined indexes stay on the CPU (see ``device``).
         refine_k_factor: candidates taken from IVF-PQ per result when refining (k·refine_k_factor re-ranked).
         device: ``"auto"`` (all GPUs faiss sees, else CPU), ``"cpu"``, ``"cuda"``/``"cuda:N"`` (one GPU), or
-            ``"all"`` (sharded over every GPU with ``index_cpu_to_all_gpus``). With ``refine``, ``"auto"`` means the
-            CPU and a GPU device is an error: the refine wrapper is not cloned to GPUs here.
+            ``"all"`` (sharded over every GPU: flat by :mod:`.shards`, IVF-PQ by ``index_cpu_to_gpus_list``). With
+            ``refine``, ``"auto"`` means the CPU and a GPU device is an error: the refine wrapper is not cloned to
+            GPUs here.
         meta: JSON-serialisable metadata saved with the index (e.g. image names and sizes).
     """
 
@@ -284,7 +286,7 @@ class FeatureIndex:
         from safetensors.numpy import save_file
 
         faiss = import_faiss()
-        cpu = faiss.index_gpu_to_cpu(self._index) if self._gpus else self._index
+        cpu = index_to_cpu(self._index) if self._gpus else self._index
         blob = faiss.serialize_index(cpu) if cpu is not None else np.zeros(0, np.uint8)
         header = {"format": FORMAT, "dim": self.dim, "kind": self.kind, "metric": self.metric, "nlist": self.nlist,
                   "m": self.m, "nbits": self.nbits, "nprobe": self.nprobe, "refine": self.refine,
@@ -347,6 +349,9 @@ class FeatureIndex:
             faiss.downcast_index(cpu_index.index).k_factor = self.refine_k_factor
         if not self._gpus:
             self._index = cpu_index
+            return
+        if self.kind == "flat" and len(self._gpus) > 1:  # faiss' own flat shards take one add only (.shards)
+            self._index = shard_flat(cpu_index, self._gpus)
             return
         options = faiss.GpuMultipleClonerOptions()
         options.useFloat16 = self.kind == "ivfpq" and self.m > 48  # GPU PQ lookup tables above 48 bytes

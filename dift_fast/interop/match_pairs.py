@@ -74,14 +74,11 @@ def _dift_identity(config: DiftConfig, store: Any) -> tuple[dict[str, Any], bool
     (no model is loaded; the extractor's own identity is checked against it when one is). With ``--store`` they
     are the store's maps: its identity, whose feature part must equal this run's.
     """
-    from ..config import TINY_MODEL
+    from ..backbones.registry import backbone_for
     from ..identity import config_identity, describe_diff
-    from ..loading import resolve_model_folder
     from ..store.identity import feature_part
 
-    folder = resolve_model_folder(config.model, config.revision)
-    index = folder / "model_index.json"
-    tiny = config.model == TINY_MODEL or (index.is_file() and "dift_fast_tiny_random" in index.read_text())
+    tiny = backbone_for(config).is_tiny
     features = config_identity(config)
     if store is None:
         return features, tiny

@@ -54,13 +54,13 @@ def _devices(args: argparse.Namespace) -> list[str] | None:
 
 def job_from_args(args: argparse.Namespace):  # -> StoreJob
     from ..backend_options import backend_options_for
-    from ..cli.common import backend_options_from_args, config_overrides
+    from ..cli.common import backend_options_from_args, config_overrides, resolved_preset
     from ..config import DiftConfig
     from .job import StoreJob
 
     overrides = config_overrides(args)
     overrides.pop("batch_size", None)  # store mode sizes batches itself (auto on CUDA) unless --batch-size is given
-    config = DiftConfig.from_preset(args.preset, **overrides)
+    config = DiftConfig.from_preset(resolved_preset(args), **overrides)
     return StoreJob(
         inputs=list(args.inputs), out=args.out, config=config, store_dtype=args.dtype_store, pca_dim=args.pca,
         pca_sample=args.pca_sample, overwrite=args.overwrite, resume=args.resume, decode_workers=args.decode_workers,

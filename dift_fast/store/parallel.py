@@ -39,10 +39,14 @@ def _worker(job: StoreJob, source: ImageSource, names: list[str], device: str, i
     """Entry point of a spawned worker: extract ``names`` on ``device`` and report through ``q``."""
     parent = os.getppid()
     try:
-        if device == "cpu":
-            import torch
+        import torch
 
+        if device == "cpu":
             torch.set_num_threads(threads)  # workers sharing the cores must not oversubscribe them
+        elif torch.device(device).type == "cuda":
+            # Before anything touches CUDA: otherwise this process opens a context on GPU 0 and work that names no
+            # device (events, empty_cache, engines) lands there.
+            torch.cuda.set_device(torch.device(device))
         extractor = load_job_extractor(job, device)
         store = FeatureStore.open(job.out)
         store.fsync = job.fsync

@@ -96,7 +96,7 @@ def run_davis(
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
-    params = params or PropagationParams()
+    params = params or PropagationParams.for_preset(extractor.config.preset)
     videos = load_davis(root, limit=limit)
     pred_dir = Path(predictions_dir) if predictions_dir is not None else None
     acc = JFAccumulator()

@@ -99,7 +99,7 @@ def run_jhmdb(
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
-    params = params or PropagationParams()
+    params = params or PropagationParams.for_preset(extractor.config.preset)
     videos = load_jhmdb(root, split=split, limit=limit)
     acc = JointPckAccumulator(len(JHMDB_JOINTS), PCK_ALPHAS, JHMDB_JOINTS)
     per_video = {}
