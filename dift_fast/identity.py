@@ -150,7 +150,11 @@ def ran_graph_dtype(backend: str, dtype: str, options: Any = None) -> str:
 
     onnxruntime's TensorRT execution provider with ``fp16=True`` runs an fp32 graph in fp16 kernels.
     """
-    if backend == "onnxruntime" and getattr(options, "provider", None) == "tensorrt" and getattr(options, "fp16", False):
+    if (
+        backend == "onnxruntime"
+        and getattr(options, "provider", None) == "tensorrt"
+        and getattr(options, "fp16", False)
+    ):
         return "fp16"
     return dtype
 
@@ -167,8 +171,9 @@ def extractor_identity(extractor: Any) -> dict[str, Any]:
         seed=config.seed,
         image_size=config.image_size,
         backend=extractor.backend.name,
-        graph_dtype=ran_graph_dtype(extractor.backend.name, dtype_name(extractor.backend.dtype),
-                                    getattr(extractor, "backend_options", None)),
+        graph_dtype=ran_graph_dtype(
+            extractor.backend.name, dtype_name(extractor.backend.dtype), getattr(extractor, "backend_options", None)
+        ),
         device_type=torch.device(extractor.device).type,
     )
 
@@ -196,9 +201,15 @@ def config_identity(config: Any, device: str | None = None, backend_options: Any
             except (OSError, ValueError, KeyError, TypeError):
                 pass  # the backend refuses the export with its own message when it loads it
     return feature_identity(
-        backbone_for(config).model_identity(), t=config.t, block=config.up_ft_index,
-        ensemble_size=config.ensemble_size, prompt=config.prompt, seed=config.seed, image_size=config.image_size,
-        backend=config.backend, graph_dtype=ran_graph_dtype(config.backend, graph_dtype, backend_options),
+        backbone_for(config).model_identity(),
+        t=config.t,
+        block=config.up_ft_index,
+        ensemble_size=config.ensemble_size,
+        prompt=config.prompt,
+        seed=config.seed,
+        image_size=config.image_size,
+        backend=config.backend,
+        graph_dtype=ran_graph_dtype(config.backend, graph_dtype, backend_options),
         device_type=dev.type,
     )
 
@@ -208,13 +219,15 @@ def identity_digest(identity: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def describe_diff(old: Mapping[str, Any], new: Mapping[str, Any], *, old_name: str = "store has",
-                  new_name: str = "this run") -> str:
+def describe_diff(
+    old: Mapping[str, Any], new: Mapping[str, Any], *, old_name: str = "store has", new_name: str = "this run"
+) -> str:
     """``key: store has X, this run Y`` for every key whose value differs (nested dicts by dotted keys)."""
     a, b = _flatten(old), _flatten(new)
     keys = sorted(k for k in set(a) | set(b) if a.get(k, _MISSING) != b.get(k, _MISSING))
-    return "; ".join(f"{k}: {old_name} {_show(a.get(k, _MISSING))}, {new_name} {_show(b.get(k, _MISSING))}"
-                     for k in keys)
+    return "; ".join(
+        f"{k}: {old_name} {_show(a.get(k, _MISSING))}, {new_name} {_show(b.get(k, _MISSING))}" for k in keys
+    )
 
 
 _MISSING = object()

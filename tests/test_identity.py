@@ -61,7 +61,8 @@ def fine_tune_of(model: Path, out: Path) -> Path:
 
 
 def test_a_fine_tune_with_the_same_shapes_never_resumes_into_the_base_models_store(
-        images, tiny_model_dir, tiny_extractor_factory, tmp_path):
+    images, tiny_model_dir, tiny_extractor_factory, tmp_path
+):
     from dift_fast import DiftExtractor
 
     base = tiny_extractor_factory()
@@ -119,8 +120,9 @@ def test_eval_cache_keeps_cpu_fp32_and_gpu_bf16_apart(tiny_extractor_factory, tm
         FeatureCache(tmp_path, cpu.config)
 
 
-def test_extract_writes_the_identity_and_index_query_refuses_another(images, tiny_model_dir, tiny_extractor_factory,
-                                                                      tmp_path, capsys):
+def test_extract_writes_the_identity_and_index_query_refuses_another(
+    images, tiny_model_dir, tiny_extractor_factory, tmp_path, capsys
+):
     pytest.importorskip("faiss", reason="the index needs faiss (dift-fast[faiss])")
     files = sorted(str(p) for p in images.glob("*.png"))
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
@@ -172,8 +174,17 @@ def test_the_schedule_part_is_what_decides_alpha_bar(tiny_model_dir, tiny_extrac
 
 def test_feature_identity_takes_the_backbone_model_identity_dict():
     model = {"backbone": "adm", "content_hash": "ab" * 32, "schedule": {"kind": "linear", "steps": 1000}}
-    kwargs = {"t": 101, "block": 4, "ensemble_size": 8, "prompt": "", "seed": 0, "image_size": (256, 256),
-              "backend": "torch", "graph_dtype": "fp32", "device_type": "cuda"}
+    kwargs = {
+        "t": 101,
+        "block": 4,
+        "ensemble_size": 8,
+        "prompt": "",
+        "seed": 0,
+        "image_size": (256, 256),
+        "backend": "torch",
+        "graph_dtype": "fp32",
+        "device_type": "cuda",
+    }
     ident = feature_identity(model, **kwargs)
     assert ident == feature_identity(ModelIdentity.of(model), **kwargs)
     assert ident["backbone"] == "adm" and ident["model_sha256"] == "ab" * 32 and ident["image_size"] == [256, 256]
@@ -182,7 +193,8 @@ def test_feature_identity_takes_the_backbone_model_identity_dict():
     with pytest.raises(ValueError, match="device_type"):
         feature_identity(model, **{**kwargs, "device_type": "cuda:1"})
     assert describe_diff(ident, {**ident, "schedule": {"kind": "linear", "steps": 500}}) == (
-        "schedule.steps: store has 1000, this run 500")
+        "schedule.steps: store has 1000, this run 500"
+    )
 
 
 def test_one_store_takes_one_device_type():

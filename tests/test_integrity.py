@@ -72,16 +72,18 @@ class _SlowExtractor:
         return self._inner.extract_prepared(*a, **kw)
 
 
-def test_overwrite_never_wipes_a_running_writers_store(images, tiny_model_dir, tiny_extractor_factory, tmp_path,
-                                                         capsys):
+def test_overwrite_never_wipes_a_running_writers_store(
+    images, tiny_model_dir, tiny_extractor_factory, tmp_path, capsys
+):
     out = tmp_path / "store"
     writer = _SlowExtractor(tiny_extractor_factory(), 0.3)
     errors: list[BaseException] = []
 
     def write():
         try:
-            extract_to_store(StoreJob(inputs=[str(images)], out=str(out), config=writer.config, decode_workers=0),
-                             writer)
+            extract_to_store(
+                StoreJob(inputs=[str(images)], out=str(out), config=writer.config, decode_workers=0), writer
+            )
         except BaseException as err:  # handed to the test
             errors.append(err)
 
@@ -135,8 +137,9 @@ class _NoSpaceForStoreJson:
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="the fault injection reads /proc/self/fd (Linux)")
 @pytest.mark.parametrize("existing", [False, True])
-def test_full_disk_while_creating_a_store_leaves_the_folder_clean(images, tiny_model_dir, tmp_path, monkeypatch,
-                                                                   capsys, existing):
+def test_full_disk_while_creating_a_store_leaves_the_folder_clean(
+    images, tiny_model_dir, tmp_path, monkeypatch, capsys, existing
+):
     out = tmp_path / "store"
     if existing:
         out.mkdir()  # the user made the (empty) folder: it stays, empty
@@ -177,7 +180,7 @@ def test_a_flipped_byte_in_a_stored_feature_file_is_detected_and_named(images, t
     names = store.names()
     _flip_byte(store.path(names[0]), -3)  # in the tensor data
     header_len = int.from_bytes(store.path(names[1]).read_bytes()[:8], "little")
-    text = store.path(names[1]).read_bytes()[8:8 + header_len]
+    text = store.path(names[1]).read_bytes()[8 : 8 + header_len]
     _flip_byte(store.path(names[1]), 8 + text.index(b'"image_key":"') + 14)  # a digit of the noise key
     for name in names[:2]:
         with pytest.raises(StoreCorruptError, match=rf"image '{name}': feature file .* is damaged"):
@@ -222,8 +225,23 @@ def test_decompression_bombs_are_one_bad_image_in_file_mode(images, tiny_model_d
     error, warning = _bombs(tmp_path / "bombs")
     good = sorted(str(p) for p in images.glob("*.png"))
     out = tmp_path / "f.safetensors"
-    assert main(["extract", good[0], str(error), good[1], str(warning), "--out", str(out), "--model",
-                 str(tiny_model_dir), *TINY]) == 1
+    assert (
+        main(
+            [
+                "extract",
+                good[0],
+                str(error),
+                good[1],
+                str(warning),
+                "--out",
+                str(out),
+                "--model",
+                str(tiny_model_dir),
+                *TINY,
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "bomb_error.png" in err and "bomb_warning.png" in err and "decompression bomb" in err
     assert load_features(out).names == good[:2]
@@ -242,8 +260,9 @@ def test_decompression_bombs_are_one_bad_image_in_store_mode(images, tiny_model_
     assert all("decompression bomb" in r for r in store.failures().values())
 
 
-def test_fp16_overflow_in_file_mode_loses_only_the_affected_image(images, tiny_extractor_factory, tmp_path,
-                                                                   monkeypatch, capsys):
+def test_fp16_overflow_in_file_mode_loses_only_the_affected_image(
+    images, tiny_extractor_factory, tmp_path, monkeypatch, capsys
+):
     import dift_fast.cli.extract as extract_cli
     from dift_fast.extractor import NonFiniteFeaturesError
 
@@ -313,11 +332,12 @@ def test_a_damaged_index_file_is_refused_before_faiss_reads_it(images, tiny_mode
     assert main(["index", "build", str(feats), "--out", str(index), "--level", "dense", "--device", "cpu"]) == 0
     size = index.stat().st_size
     data = bytearray(index.read_bytes())
-    data[size - 40:size - 36] = b"\xff\xff\xff\x7f"  # a 4-byte edit inside faiss' bytes
+    data[size - 40 : size - 36] = b"\xff\xff\xff\x7f"  # a 4-byte edit inside faiss' bytes
     index.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="damaged: its checksum does not match"):
         FeatureIndex.load(index, device="cpu")
     capsys.readouterr()
-    assert main(["index", "query", str(index), "--image", Path(files[0]).name, "--points", "5,5",
-                 "--device", "cpu"]) == 2
+    assert (
+        main(["index", "query", str(index), "--image", Path(files[0]).name, "--points", "5,5", "--device", "cpu"]) == 2
+    )
     assert "rebuild it" in capsys.readouterr().err
