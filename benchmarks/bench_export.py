@@ -6,7 +6,8 @@ latent / one image and reports the relative L2 error of each graph against torch
 
     python benchmarks/bench_export.py --out /tmp/dift-bench-export
 
-Needs ~12 GB of RAM and several minutes on a small CPU. Writes ``results.json`` and ``results.md`` under --out.
+Needs ~12 GB of RAM and several minutes on a small CPU. The graphs go under --out (not the repository); the figures
+go to ``benchmarks/results/export-cpu-<size>.json`` and ``.md`` (what RESULTS.md quotes), and a copy to --out.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, write_results
 
 
 def median_time(fn, repeats: int) -> float:
@@ -128,6 +130,7 @@ def main() -> None:
         res[f"ort_cpu_{dtype}"] = entry
         print("ort", dtype, entry, flush=True)
 
+    res["machine"] = {**res["machine"], **machine()}  # the CPU model name and cores, as every benchmark records them
     (out / "results.json").write_text(json.dumps(res, indent=2))
     lines = [f"SD 2.1 architecture (random weights), block {args.block}, {s}x{s}, batch 1, "
              f"{res['machine']['cpu']} ({res['machine']['threads']} threads), torch {torch.__version__}, "
@@ -144,6 +147,7 @@ def main() -> None:
     lines += [f"export {d}: {res[f'export_{d}']['seconds']:.0f} s" for d in folders]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    print(f"wrote {write_results(f'export-cpu-{s}', res, chr(10).join(lines) + chr(10))}")
 
 
 if __name__ == "__main__":

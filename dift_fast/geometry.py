@@ -25,6 +25,7 @@ class NetworkGeometry:
     num_downsamplers: int  # network stages that halve the sample (rounding up)
     num_upsamplers: int  # upsamplers that run up to block k (each returns to the next skip's size)
     latent_multiple: int = 1  # the network's own size rule: diffusion-space sides must be multiples of it
+    static_image_size: tuple[int, int] | None = None  # (W, H) a static export was made for; None: any size
 
     @classmethod
     def of(cls, network: Any, encoder: Any | None) -> NetworkGeometry:
@@ -54,7 +55,17 @@ class NetworkGeometry:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def latent_hw(self, height: int, width: int) -> tuple[int, int]:
-        """(h, w) of the diffusion-space sample of an image of ``height`` x ``width`` pixels."""
+        """(h, w) of the diffusion-space sample of an image of ``height`` x ``width`` pixels.
+
+        Raises:
+            ValueError: the networks are a static export made for another image size (the message names it).
+        """
+        if self.static_image_size is not None and (width, height) != tuple(self.static_image_size):
+            w, h = self.static_image_size
+            raise ValueError(
+                f"this export is static: its graphs take {w}x{h} images only, not {width}x{height}; extract at "
+                f"--image-size {w}x{h}, or export again with that size or with dynamic sizes (--dynamic-size)"
+            )
         return height // self.downsample_factor, width // self.downsample_factor
 
     def feature_hw(self, h: int, w: int) -> tuple[int, int]:

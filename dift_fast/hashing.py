@@ -1,7 +1,8 @@
 """Content hashes of weight files and model folders (sha256), cached so a second call reads no weights.
 
-A file's hash is cached by (resolved path, size, mtime_ns, inode) in memory and in a small JSON file under
-``cache_root()``; any change to the file changes one of these and forces a re-hash. Files modified within the last
+A file's hash is cached by (resolved path, size, mtime_ns, ctime_ns, inode) in memory and in a small JSON file
+under ``cache_root()``; any change to the file changes one of these and forces a re-hash (ctime too: a writer that
+resets the mtime with ``os.utime`` still changes the ctime, which no user call can set back). Files modified within the last
 few seconds are hashed but not cached (a later write in the same mtime tick would otherwise go unnoticed, the
 "racy" case git also guards against). The JSON cache is advisory: a corrupt, unreadable or concurrently rewritten
 one only costs a re-hash.
@@ -27,7 +28,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 _CHUNK = 8 << 20  # bytes per read while hashing
 _RACY_NS = 3_000_000_000  # files younger than this (mtime vs. now) are not cached
 _MAX_ENTRIES = 4096  # the JSON cache keeps at most this many files (oldest dropped first)
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: ctime_ns is part of the key
 _memory: dict[str, dict[str, Any]] = {}
 
 
@@ -37,7 +38,7 @@ def hash_cache_path() -> Path:
 
 
 def _stat_key(stat: os.stat_result) -> dict[str, int]:
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino}
 
 
 def _read_cache() -> dict[str, dict[str, Any]]:
@@ -84,7 +85,7 @@ def _cached(path_key: str, key: dict[str, int]) -> str | None:
 
 
 def file_sha256(path: str | os.PathLike, use_cache: bool = True) -> str:
-    """sha256 (hex) of a file's bytes, streamed; cached by (resolved path, size, mtime_ns, inode).
+    """sha256 (hex) of a file's bytes, streamed; cached by (resolved path, size, mtime_ns, ctime_ns, inode).
 
     Args:
         path: the file (symlinks are followed: the target's bytes are hashed).

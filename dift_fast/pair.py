@@ -203,7 +203,7 @@ def _transfer(
 ) -> dict[str, torch.Tensor]:
     from .matching import check_points
 
-    pts0 = check_points(torch.as_tensor(points0), f0.original_size, "points0").to(f0.features.device)
+    pts0 = check_points(points0, f0.original_size, "points0").to(f0.features.device)
     tgt = f1.features.to(f0.features.device)
     points1, scores = match_points(f0.features, tgt, pts0, f0.original_size, f1.original_size)
     valid = torch.ones_like(scores, dtype=torch.bool)

@@ -24,14 +24,27 @@ def alphas_cumprod(config: dict[str, Any]) -> np.ndarray:
     """ᾱ_t as float32 ``[num_train_timesteps]`` from a diffusers scheduler config.
 
     Computed exactly as diffusers does (float32 betas, torch-equivalent cumprod in float32).
+
+    Raises:
+        ValueError: the config's schedule is unsupported or malformed (the key is named).
     """
     import torch
 
-    n = int(config.get("num_train_timesteps", 1000))
+    try:
+        n = int(config.get("num_train_timesteps", 1000))
+        start, end = float(config.get("beta_start", 0.0001)), float(config.get("beta_end", 0.02))
+    except (TypeError, ValueError):
+        raise ValueError(
+            "scheduler config: num_train_timesteps, beta_start and beta_end must be numbers, got "
+            f"{config.get('num_train_timesteps')!r}, {config.get('beta_start')!r}, {config.get('beta_end')!r}"
+        ) from None
+    if n < 1:
+        raise ValueError(f"scheduler config: num_train_timesteps must be >= 1, got {n}")
     kind = config.get("beta_schedule", "linear")
-    start, end = float(config.get("beta_start", 0.0001)), float(config.get("beta_end", 0.02))
     if config.get("trained_betas") is not None:
         betas = torch.tensor(config["trained_betas"], dtype=torch.float32)
+        if betas.ndim != 1 or len(betas) < 1:
+            raise ValueError(f"scheduler config: trained_betas must be a list of numbers, got shape {list(betas.shape)}")
     elif kind == "scaled_linear":
         betas = torch.linspace(start**0.5, end**0.5, n, dtype=torch.float32) ** 2
     elif kind == "linear":
@@ -42,10 +55,21 @@ def alphas_cumprod(config: dict[str, Any]) -> np.ndarray:
 
 
 def noise_coefficients(config: dict[str, Any], t: int) -> tuple[float, float]:
-    """(√ᾱ_t, √(1−ᾱ_t)) as float32-rounded Python floats, as diffusers' ``add_noise`` computes them."""
+    """(√ᾱ_t, √(1−ᾱ_t)) as float32-rounded Python floats, as diffusers' ``add_noise`` computes them.
+
+    Raises:
+        ValueError: ``t`` is not one of the schedule's steps (e.g. a scheduler config with fewer steps than ``t``).
+    """
     import torch
 
-    abar = torch.from_numpy(alphas_cumprod(config))[t]
+    table = alphas_cumprod(config)
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= int(t) < len(table):
+        raise ValueError(
+            f"t={t!r} is not a step of the model's noise schedule, which has {len(table)} steps (0..{len(table) - 1}; "
+            "scheduler/scheduler_config.json, num_train_timesteps); choose a t in that range or use a scheduler "
+            "config with more steps"
+        )
+    abar = torch.from_numpy(table)[int(t)]
     return float(abar**0.5), float((1 - abar) ** 0.5)
 
 

@@ -142,6 +142,29 @@ def _io_spec(names: list[str], shapes: list[list[int | str]], dtypes: list[torch
     return [{"name": n, "shape": s, "dtype": _onnx_dtype_name(d)} for n, s, d in zip(names, shapes, dtypes)]
 
 
+def _check_export_folder(folder: Path) -> None:
+    """Refuse to export into a file, or into a folder holding anything but an export (files of the user's)."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"export folder {folder} is a file; give a folder (new, empty, or holding an export)")
+    if not folder.is_dir() or (folder / MANIFEST_NAME).is_file():
+        return  # new, or an export of ours (its files are replaced by the new export)
+    # Hidden ".trace-*" folders and ".*.tmp" files are ours, and so are the graphs of an export killed before it
+    # wrote its manifest (dift-fast is the producer named in their first bytes) and the files beside them.
+    theirs = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and not _left_by_export(p))
+    if theirs:
+        shown = ", ".join(theirs[:5]) + (", ..." if len(theirs) > 5 else "")
+        raise ValueError(f"export folder {folder} is not empty ({shown}) and holds no {MANIFEST_NAME}: not an "
+                         "export of dift-fast, or an unfinished one. Nothing was written there; give a new or empty "
+                         "folder, or delete its contents")
+
+
+def _left_by_export(path: Path) -> bool:
+    if path.name in (UNET_FILE, VAE_FILE):
+        with open(path, "rb") as f:  # ModelProto fields are written in order: producer_name (2) is in the header
+            return b"dift-fast" in f.read(64)
+    return path.name in (UNET_FILE + ".data", VAE_FILE + ".data", "prompt_embedding.npy")
+
+
 def export_onnx(
     components: Any,
     out_dir: str | os.PathLike | None = None,
@@ -211,6 +234,7 @@ def export_onnx(
         spec["backbone"] = backbone.name
     key = export_key(spec)
     folder = Path(out_dir) if out_dir is not None else default_cache_dir() / key[:24]
+    _check_export_folder(folder)
     if not force and (folder / MANIFEST_NAME).is_file():
         with contextlib.suppress(ManifestError):
             manifest = load_manifest(folder)

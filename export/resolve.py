@@ -1,12 +1,17 @@
 """Which export a backend runs: the given folder after checking it fits the model, or a new (cached) export.
 
-Checking that an export was made from the model's weights means hashing the UNet and VAE weights (~3.5 GB for SD
-2.1), so a successful check is remembered: a small marker under ``cache_root()/export-checks`` keyed by the
-export's weights hash, its backbone and block, and the (size, mtime, ctime, inode) of every weight file of the
-model (``Backbone.weight_files``: an SD folder's components, an ADM checkpoint, a CleanDIFT UNet file). While those
-files are unchanged, the next backend built on the same model and export loads neither the network nor the encoder
-and hashes nothing. Components whose networks are already in memory are always
-hashed: their weights may have been changed after loading.
+Every export is loaded through :func:`load_manifest`, which checks each graph file against the manifest's sha256: a
+folder the user gave that was modified after export is refused (naming the file); an export in the cache whose
+files were modified is exported again over them.
+
+Checking that an export was made from the model's weights means hashing the network and encoder weights as loaded
+(~3.5 GB for SD 2.1), so a successful check is remembered: a small marker under ``cache_root()/export-checks``
+keyed by the export's weights hash, its backbone and block, and the content hash of the model's weight files
+(``Backbone.content_hash``: an SD folder's components, an ADM checkpoint, a CleanDIFT UNet file, hashed through
+:mod:`dift_fast.hashing`, the one content-hash mechanism: read once, then cached by path, size, mtime, ctime and
+inode). While those files are unchanged, the next backend built on the same model and export loads neither the
+network nor the encoder. Components whose networks are already in memory are always hashed: their weights may have
+been changed after loading.
 """
 
 from __future__ import annotations
@@ -28,26 +33,21 @@ from .keys import weights_hash
 from .manifest import MANIFEST_NAME, ManifestError, load_manifest, stable_hash
 from .precision import dtype_name
 
-__all__ = ["backend_export", "model_files_signature", "resolve_export", "verify_export_weights"]
+__all__ = ["backend_export", "model_weights_sha256", "resolve_export", "verify_export_weights"]
 
 logger = logging.getLogger(__name__)
 
 CHECKS_SUBDIR = "export-checks"
 
 
-def model_files_signature(files: list[Path]) -> list[list[Any]]:
-    """(path, size, mtime, ctime, inode, device) of every weight file of the model: changes when they do."""
-    out = []
-    for f in files:
-        st = Path(f).stat()
-        out.append([str(Path(f).resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev])
-    return out
+def model_weights_sha256(components: Any) -> str:
+    """Content hash of the model's weight files (``Backbone.content_hash``; cached by file stat, read once)."""
+    return components.backbone.content_hash()
 
 
 def _check_marker(components: Any, manifest: dict[str, Any]) -> Path:
     key = stable_hash({"weights_sha256": manifest["model"]["weights_sha256"], "up_ft_index": manifest["up_ft_index"],
-                       "backbone": components.backbone.name, "folder": str(Path(components.folder).resolve()),
-                       "files": model_files_signature(components.weight_files())})
+                       "backbone": components.backbone.name, "model_files_sha256": model_weights_sha256(components)})
     return cache_root() / CHECKS_SUBDIR / f"{key[:32]}.json"
 
 
@@ -88,7 +88,7 @@ def resolve_export(components: Any, dtype: torch.dtype, export_dir: str | os.Pat
     """
     if export_dir is not None and (Path(export_dir) / MANIFEST_NAME).is_file():
         folder = Path(export_dir)
-        manifest = load_manifest(folder)
+        manifest = load_manifest(folder)  # every file against its sha256
         if manifest.get("backbone", "sd") != components.backbone.name:
             raise ValueError(f"export {folder} is of backbone {manifest.get('backbone', 'sd')!r}, the extractor runs "
                              f"{components.backbone.name!r}; export this model (dift-fast export --preset ...)")

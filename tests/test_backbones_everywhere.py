@@ -234,7 +234,7 @@ def test_store_on_tiny_adm_and_its_identity(tmp_path, capsys):
             "--no-progress",
         ]
     )
-    assert code == 2 and "backbone: store has 'adm', this run None" in capsys.readouterr().err
+    assert code == 2 and "backbone: store has 'adm', this run 'sd'" in capsys.readouterr().err
     assert FeatureStore.open(store).meta["identity"]["backbone"] == "adm"
 
 

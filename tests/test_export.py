@@ -188,8 +188,10 @@ def test_manifest_validation_reports_problems(fp32_export, tmp_path):
     data = bytearray((copy / "vae_encoder.onnx").read_bytes())
     data[-1] ^= 0xFF
     (copy / "vae_encoder.onnx").write_bytes(bytes(data))
-    assert validate_manifest(manifest, copy) == []  # sizes only: cheap
-    assert any("differs" in p for p in validate_manifest(manifest, copy, verify_hashes=True))
+    assert validate_manifest(manifest, copy, verify_hashes=False) == []  # sizes only
+    assert any("differs" in p for p in validate_manifest(manifest, copy))  # the sha256 of every file, by default
+    with pytest.raises(ManifestError, match=r"vae_encoder\.onnx content differs"):
+        load_manifest(copy)
     (copy / "unet.onnx").unlink()
     with pytest.raises(ManifestError, match=r"unet\.onnx is missing"):
         load_manifest(copy)
@@ -346,6 +348,72 @@ def test_an_export_made_for_the_backend_is_not_checked_again(tiny_model_dir, tmp
     assert loads == [] and torch.equal(second.extract(images), first.extract(images))
 
 
+def _flip_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # same size: only a content hash notices
+    path.write_bytes(bytes(data))
+
+
+def test_a_modified_export_folder_the_user_gave_is_refused(comps, fp32_export, tmp_path):
+    import shutil
+
+    copy = tmp_path / "export"
+    shutil.copytree(fp32_export[0], copy)
+    _flip_last_byte(copy / "vae_encoder.onnx")
+    before = (copy / "vae_encoder.onnx").read_bytes()
+    with pytest.raises(ManifestError, match=r"vae_encoder\.onnx content differs.*not used and not changed"):
+        create(comps, torch.device("cpu"), torch.float32, export_dir=str(copy))
+    assert (copy / "vae_encoder.onnx").read_bytes() == before  # the user's folder is left as it was
+
+
+def test_a_modified_cached_export_is_exported_again(comps, tmp_path, monkeypatch):
+    from dift_fast.export.manifest import file_sha256
+    from dift_fast.export.resolve import resolve_export
+
+    monkeypatch.setenv("DIFT_FAST_CACHE", str(tmp_path / "cache"))
+    folder, manifest = resolve_export(comps, torch.float32, None)
+    assert folder.parent == tmp_path / "cache" / "onnx"
+    _flip_last_byte(folder / "unet.onnx")
+    again, manifest2 = resolve_export(comps, torch.float32, None)
+    assert again == folder and manifest2["export_key"] == manifest["export_key"]
+    assert file_sha256(folder / "unet.onnx") == manifest2["files"]["unet.onnx"]["sha256"]  # the graph was rewritten
+    load_manifest(folder)  # and checks out
+
+
+def test_a_static_export_at_another_image_size_names_its_size(comps, fp32_export):
+    """Images kept at their own size (image_size=None) reach a static export one by one: each other size is refused
+    naming the export's (a configured image size is checked when the backend is made: the test above)."""
+    extractor = DiftExtractor(comps, DiftConfig.from_preset("spair", model=str(comps.folder), ensemble_size=2,
+                                                            image_size=None, device="cpu", backend="onnxruntime"),
+                              export_dir=str(fp32_export[0]))
+    assert extractor.extract(torch.zeros(1, 3, 48, 64)).shape[0] == 1  # the exported size runs
+    with pytest.raises(ValueError, match=r"static: its graphs take 64x48 images only, not 64x64"):
+        extractor.extract(torch.zeros(1, 3, 64, 64))
+
+
+def test_export_never_writes_over_files_that_are_not_an_export(comps, fp32_export, tmp_path):
+    not_a_folder = tmp_path / "notes.txt"
+    not_a_folder.write_text("mine")
+    with pytest.raises(ValueError, match="is a file"):
+        export_onnx(comps, not_a_folder, image_size=SIZE)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "unet.onnx").write_text("my own model")
+    (theirs / "thesis.tex").write_text("mine")
+    with pytest.raises(ValueError, match=r"not empty \(thesis\.tex, unet\.onnx\) and holds no manifest\.json"):
+        export_onnx(comps, theirs, image_size=SIZE)
+    with pytest.raises(ValueError, match="holds no manifest"):  # the backend path goes through the same check
+        create(comps, torch.device("cpu"), torch.float32, export_dir=str(theirs))
+    assert (theirs / "unet.onnx").read_text() == "my own model" and sorted(p.name for p in theirs.iterdir()) == [
+        "thesis.tex", "unet.onnx"]
+    # An export killed before its manifest left graphs of its own: exporting there again finishes the job.
+    import shutil
+
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(fp32_export[0], unfinished)
+    (unfinished / "manifest.json").unlink()
+    folder, manifest = export_onnx(comps, unfinished, image_size=SIZE)
+    assert load_manifest(folder) == manifest
 def test_bf16_is_refused_before_anything_is_exported(comps, tmp_path, monkeypatch):
     """bf16 is the CUDA default: onnxruntime refuses it at once, naming what to use, instead of after an export."""
     import dift_fast.export.resolve as resolve_mod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 
 import pytest
 
@@ -64,6 +65,15 @@ def test_a_changed_file_is_hashed_again(tmp_path, monkeypatch):
     assert file_sha256(path) == hashlib.sha256(b"bbbb").hexdigest() != first
 
 
+def test_a_rewrite_that_resets_size_and_mtime_is_hashed_again(tmp_path):
+    """Tampering that restores size and mtime (os.utime) still changes the ctime, which is part of the key."""
+    path = _write(tmp_path / "w.pt", b"aaaa")
+    first = file_sha256(path)
+    time.sleep(0.05)  # past the filesystem's timestamp granularity (a kernel tick), so the new ctime differs
+    _write(path, b"bbbb")  # same size, mtime set back to the same OLD_NS, same inode (written in place)
+    assert file_sha256(path) == hashlib.sha256(b"bbbb").hexdigest() != first
+
+
 def test_recently_modified_files_are_not_cached(tmp_path, monkeypatch):
     path = tmp_path / "fresh.pt"
     path.write_bytes(b"just written")  # mtime = now: a same-tick rewrite could go unnoticed
@@ -80,7 +90,7 @@ def test_corrupt_cache_file_costs_only_a_rehash(tmp_path):
     hash_cache_path().parent.mkdir(parents=True)
     hash_cache_path().write_text("{broken")
     assert file_sha256(path) == hashlib.sha256(b"data").hexdigest()
-    assert json.loads(hash_cache_path().read_text())["version"] == 1  # rewritten
+    assert json.loads(hash_cache_path().read_text())["version"] == hashing._CACHE_VERSION  # rewritten
 
 
 def test_a_file_changing_while_hashed_is_an_error(tmp_path, monkeypatch):

@@ -47,6 +47,9 @@ class CountingExtractor:
         self.inner, self.calls, self.fail_after = inner, [], fail_after
         self.config, self.device, self.is_tiny = inner.config, inner.device, inner.is_tiny
 
+    def __getattr__(self, name):  # components, backend...: what the run reads to check the feature identity
+        return getattr(self.inner, name)
+
     def extract_prepared(self, prepared, *args, **kwargs):
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise KeyboardInterrupt  # the user pressing Ctrl-C mid-run
@@ -418,7 +421,7 @@ def test_features_from_a_store(scene, tiny_extractor_factory, tmp_path):
     with h5py.File(root / "features.h5") as f:  # same pixels, same noise key, deterministic CPU: same descriptors
         assert np.array_equal(f["a.png/descriptors"][()], f["new.png/descriptors"][()])
     other = tiny_extractor_factory(ensemble_size=3)
-    with pytest.raises(ValueError, match=r"--store .* other settings .*ensemble_size: file has 2, this run 3"):
+    with pytest.raises(ValueError, match=r"--store .* other settings .*ensemble_size: store has 2, this run 3"):
         match_pairs(images, pairs, root / "f2.h5", root / "m2.h5", config=other.config, extractor=other, store=store)
 
 

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError, FloatingPointError) as err:  # a user's input or environment
         if args.verbose:
             raise
         print(f"dift-fast {args.command}: error: {err}", file=sys.stderr)

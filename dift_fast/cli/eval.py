@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         args.preset = protocol_preset(bench, preset_card(default_preset_for_model(args.model)).name)
     out = Path(args.out or Path("eval-results") / bench)
     extractor = load_extractor(args)
-    cache = FeatureCache(args.cache or out / "cache", extractor.config)
+    cache = FeatureCache(args.cache or out / "cache", extractor)  # keyed by the feature identity
     progress = not args.no_progress
     report = _run_benchmark(bench, args, extractor, cache, out, progress)
     json_path, md_path = write_report(report, out)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 
 from .common import add_model_options, load_extractor
 
 FILE_SUFFIXES = (".safetensors",)
+EXIT_DISK_FULL = 3  # as in store mode
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,36 +51,91 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_file_extract(args: argparse.Namespace) -> int:
-    """Extract the listed images into one feature file; bad images are reported and skipped."""
+    """Extract the listed images into one feature file; bad images are reported and skipped, the others written.
+
+    An image is bad when it cannot be read (missing, not an image, corrupt, over PIL's decompression-bomb limit)
+    or when its features are not finite (fp16 overflow): the same rule as store mode.
+    """
+    from ..identity import extractor_identity
     from ..images import ImageError, prepare_image
     from ..io import save_features
 
     extractor = load_extractor(args)
-    prepared, failed = [], []
+    prepared, failed = [], {}
     for name in args.inputs:
         try:
             prepared.append(prepare_image(name, extractor.config.image_size, name=name))
         except ImageError as err:
-            failed.append(name)
+            failed[name] = err.reason
             print(f"skipped: {err}", file=sys.stderr)
-    if not prepared:
-        print("dift-fast extract: error: no readable images; nothing written", file=sys.stderr)
+    batch = _extract_finite(extractor, prepared, failed, progress=not args.no_progress) if prepared else None
+    if batch is None:
+        print("dift-fast extract: error: no image could be extracted; nothing written", file=sys.stderr)
         return 1
-    batch = extractor.extract_prepared(prepared, progress=not args.no_progress)
-    out = save_features(
-        args.out,
-        batch.features,
-        batch.names,
-        batch.original_sizes,
-        extractor.config,
-        batch.image_keys,
-        extra={"failed": failed, "tiny_random": extractor.is_tiny},
-    )
-    c, h, w = batch.features.shape[1:]
-    print(f"wrote {out}: {len(prepared)} images, features [{len(prepared)}, {c}, {h}, {w}] float32")
+    try:
+        out = save_features(
+            args.out,
+            batch.features,
+            batch.names,
+            batch.original_sizes,
+            extractor.config,
+            batch.image_keys,
+            extra={"failed": sorted(failed), "tiny_random": extractor.is_tiny},
+            identity=extractor_identity(extractor),
+        )
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"dift-fast extract: stopped: disk full while writing {args.out} ({os.strerror(err.errno)}); nothing "
+              "was written: free some space and rerun", file=sys.stderr)
+        return EXIT_DISK_FULL
+    n, c, h, w = batch.features.shape
+    print(f"wrote {out}: {n} images, features [{n}, {c}, {h}, {w}] float32")
     if extractor.is_tiny:
         print("note: model 'tiny-random' has random weights; these features are meaningless", file=sys.stderr)
     if failed:
         print(f"{len(failed)} of {len(args.inputs)} images failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _extract_finite(extractor, prepared, failed: dict[str, str], progress: bool):  # -> FeatureBatch | None
+    """Features of ``prepared``, one micro-batch at a time; a micro-batch with non-finite features is redone image
+    by image and only the images whose features are not finite fail (recorded in ``failed``)."""
+    import torch
+
+    from ..extractor import FeatureBatch, NonFiniteFeaturesError
+
+    sizes: dict[tuple[int, ...], list] = {}
+    for p in prepared:  # one network call needs one size (image_size=None keeps each image's own)
+        sizes.setdefault(tuple(p.pixels.shape), []).append(p)
+    if len(sizes) > 1:
+        shown = sorted(f"{s[2]}x{s[1]}" for s in sizes)
+        raise ValueError(f"the images have different sizes after preprocessing ({', '.join(shown)}); one feature "
+                         "file holds one size: pass --image-size WxH, or use a folder and a store (--out STORE)")
+    parts = []
+    bs = extractor.config.batch_size
+    chunks = [prepared[i:i + bs] for i in range(0, len(prepared), bs)]
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc="dift-fast extract", unit="batch")
+    for chunk in chunks:
+        try:
+            parts.append(extractor.extract_prepared(chunk))
+            continue
+        except NonFiniteFeaturesError as err:
+            if len(chunk) == 1:
+                failed[chunk[0].name] = str(err)
+                print(f"skipped: image {chunk[0].name}: {err}", file=sys.stderr)
+                continue
+        for p in chunk:  # find the culprits: image by image
+            try:
+                parts.append(extractor.extract_prepared([p]))
+            except NonFiniteFeaturesError as err:
+                failed[p.name] = str(err)
+                print(f"skipped: image {p.name}: {err}", file=sys.stderr)
+    if not parts:
+        return None
+    return FeatureBatch(torch.cat([b.features for b in parts]), [n for b in parts for n in b.names],
+                        [s for b in parts for s in b.original_sizes], [k for b in parts for k in b.image_keys])

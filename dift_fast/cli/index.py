@@ -70,7 +70,7 @@ def run_build(args: argparse.Namespace) -> int:
     feats = ff.features
     b, c, h, w = feats.shape
     meta = {"features": str(Path(args.features).resolve()), "level": args.level, "names": ff.names,
-            "original_sizes": [list(s) for s in ff.original_sizes]}
+            "original_sizes": [list(s) for s in ff.original_sizes], "identity": ff.identity}
     index = FeatureIndex(c, args.kind, nlist=args.nlist, m=args.m, nprobe=args.nprobe, refine=args.refine,
                          refine_k_factor=args.refine_k_factor, device=args.device, meta=meta)
     if args.level == "image":
@@ -104,6 +104,13 @@ def run_query(args: argparse.Namespace) -> int:
     if not features_path:
         raise ValueError(f"{args.index} does not name its feature file; pass --features FILE")
     ff = load_features(features_path)
+    if ff.identity != index.meta.get("identity"):
+        from ..identity import describe_diff
+
+        diff = describe_diff(index.meta.get("identity") or {}, ff.identity or {}, old_name="index has",
+                             new_name="file has")
+        raise ValueError(f"{features_path} holds other features than the index {args.index} was built from "
+                         f"({diff or 'one of them records no feature identity'}); rebuild the index from it")
     if ff.names != index.meta.get("names"):
         raise ValueError(f"{features_path} holds other images than the index was built from; rebuild the index")
     try:
@@ -111,7 +118,7 @@ def run_query(args: argparse.Namespace) -> int:
     except KeyError as err:
         raise ValueError(str(err.args[0])) from None
     size = tuple(ff.original_sizes[qid])
-    points = check_points(torch.tensor(parse_points(args.points)), size, f"--points for {args.image}")
+    points = check_points(parse_points(args.points), size, f"--points for {args.image}")
     feat = ff.features[qid]
     rows = []
     if index.meta.get("level") == "dense":

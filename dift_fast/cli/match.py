@@ -24,13 +24,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def parse_points(items: list[str]) -> list[tuple[int, int]]:
+    """``X,Y`` strings -> pixel points (rounded); NaN, Inf and values beyond any image size are refused."""
+    import math
+
     points = []
     for item in items:
         try:
-            x, y = (round(float(v)) for v in item.split(","))
+            x, y = (float(v) for v in item.split(","))
         except ValueError:
             raise ValueError(f"--points {item!r}: expected X,Y pixel coordinates, e.g. 120,80") from None
-        points.append((x, y))
+        if not (math.isfinite(x) and math.isfinite(y)) or max(abs(x), abs(y)) >= 2**31:
+            raise ValueError(f"--points {item!r}: coordinates must be finite pixel positions inside the image")
+        points.append((round(x), round(y)))
     return points
 
 
@@ -42,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     points = parse_points(args.points)
     img_a, img_b = load_rgb(args.image_a), load_rgb(args.image_b)
-    check_points(torch.tensor(points), img_a.size, f"--points for {args.image_a}")  # fail before any model work
+    check_points(points, img_a.size, f"--points for {args.image_a}")  # fail before any model work
     extractor = load_extractor(args)
     batch = extractor.extract_prepared(extractor.prepare([img_a, img_b]))
     size_a, size_b = batch.original_sizes

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
+import re
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     h5.add_argument("store")
     h5.add_argument("out", help="OUT.h5")
     h5.add_argument("--overwrite", action="store_true", help="replace OUT.h5 if it exists")
+    h5.epilog = "Exit code 1 when damaged images (checksum mismatch) were left out; they are listed."
     h5.set_defaults(func=run_export_h5)
 
 
@@ -37,8 +42,20 @@ def run_export_h5(args: argparse.Namespace) -> int:
 
     store = FeatureStore.open(args.store)
     try:
-        out = export_h5(store, args.out, overwrite=args.overwrite)
+        result = export_h5(store, args.out, overwrite=args.overwrite)
     except FileExistsError as err:
         raise ValueError(str(err)) from None
-    print(f"wrote {out}: {len(store)} images")
+    except OSError as err:  # h5py's messages are long; say what happened and that nothing was left behind
+        code = err.errno
+        if code is None and (found := re.search(r"errno = (\d+)", str(err))):  # h5py puts it in the message
+            code = int(found.group(1))
+        reason = os.strerror(code) if code else str(err)
+        print(f"dift-fast store: stopped: could not write {args.out} ({reason}); nothing was written", file=sys.stderr)
+        return 3 if code in (errno.ENOSPC, errno.EDQUOT) else 2
+    print(f"wrote {result.path}: {result.images} images")
+    for reason in result.skipped.values():
+        print(f"  skipped: {reason}", file=sys.stderr)
+    if result.skipped:
+        print(f"{len(result.skipped)} damaged image(s) left out of {result.path}", file=sys.stderr)
+        return 1
     return 0

@@ -1,8 +1,10 @@
 """Features for a benchmark: computed once per image, kept on disk, reloaded on the next run (resumable).
 
-The cache folder holds one sub-folder per feature fingerprint (everything in the config that changes the
-numbers), and in it one safetensors file per image, named by a hash of the image's identity string. Files are
-written atomically (:mod:`dift_fast.atomic`), so an interrupted run leaves only complete entries behind.
+The cache folder holds one sub-folder per feature identity (:mod:`dift_fast.identity`: the model's weights, the
+settings that change the numbers, and what ran: backend, graph dtype, device type), and in it one safetensors
+file per image, named by a hash of the image's identity string. A CPU fp32 run and a GPU bf16 run therefore never
+share entries. Files are written atomically (:mod:`dift_fast.atomic`), so an interrupted run leaves only
+complete entries behind.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,13 +21,10 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_path, write_atomic
-from ..config import DiftConfig
+from ..identity import extractor_identity, identity_digest
 from ..images import PreparedImage
 
 __all__ = ["FeatureCache", "ImageItem", "ensure_features", "file_identity"]
-
-# Config fields that do not change the features (where they run, how many at once, the preset's name).
-_NEUTRAL_FIELDS = ("device", "batch_size", "preset")
 
 
 @dataclass
@@ -44,20 +43,30 @@ def file_identity(path: str | os.PathLike, *extra: Any) -> str:
     return json.dumps(["file", digest, *extra])
 
 
-def config_fingerprint(config: DiftConfig) -> str:
-    data = {k: v for k, v in config.to_dict().items() if k not in _NEUTRAL_FIELDS}
-    return hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=8).hexdigest()
-
-
 class FeatureCache:
-    """On-disk features of one configuration, with a small in-memory LRU for pair-wise access."""
+    """On-disk features of one feature identity, with a small in-memory LRU for pair-wise access.
 
-    def __init__(self, root: str | os.PathLike, config: DiftConfig, memory_items: int = 64) -> None:
-        self.dir = Path(root) / config_fingerprint(config)
+    Args:
+        root: the cache folder (one sub-folder per identity).
+        identity: the extractor whose features are cached (its identity is taken from what it runs), or a
+            feature identity dict (:func:`dift_fast.identity.feature_identity`).
+        memory_items: feature maps kept in memory.
+    """
+
+    def __init__(self, root: str | os.PathLike, identity: Any, memory_items: int = 64) -> None:
+        if not isinstance(identity, Mapping):
+            if not hasattr(identity, "extract_prepared"):
+                raise TypeError(
+                    "FeatureCache takes the extractor (or its feature identity dict), got "
+                    f"{type(identity).__name__}: a config alone does not say what ran (backend, graph dtype, device)"
+                )
+            identity = extractor_identity(identity)
+        self.identity = json.loads(json.dumps(dict(identity), sort_keys=True))
+        self.dir = Path(root) / identity_digest(self.identity)[:16]
         self.dir.mkdir(parents=True, exist_ok=True)
-        meta = self.dir / "config.json"
+        meta = self.dir / "identity.json"
         if not meta.exists():
-            write_atomic(meta, config.to_json() + "\n")
+            write_atomic(meta, json.dumps(self.identity, indent=1, sort_keys=True) + "\n")
         self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._memory_items = memory_items
 
@@ -84,7 +93,11 @@ class FeatureCache:
             raise KeyError(f"no cached features for {ident}")
         from safetensors.torch import load_file
 
-        feats = load_file(str(path))["features"]
+        try:
+            feats = load_file(str(path))["features"]
+        except Exception as err:  # a damaged entry (disk error, killed copy): say which file, never a traceback
+            raise ValueError(f"cached features {path} are damaged ({err}); delete that file and rerun to "
+                             "recompute them") from None
         self._memory[ident] = feats
         if len(self._memory) > self._memory_items:
             self._memory.popitem(last=False)

@@ -11,10 +11,16 @@ Two kinds:
   ``IndexRefine`` over an ``IndexScalarQuantizer(QT_fp16)``, inside an ``IndexIDMap`` that keeps the labels).
 
 Finding points of one image in a gallery of indexed images is :mod:`.gallery`.
+
+Index files: one safetensors file holding faiss' serialised index and a JSON header, with a sha256 over both
+(``checksum``), checked before faiss reads a byte of the index: faiss does not validate what it deserialises, and a
+damaged file could crash the process. Beyond that check, index files are trusted input: load only indexes you
+made or got from someone you trust.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -35,7 +41,7 @@ from .shards import index_to_cpu, shard_flat
 
 __all__ = ["FORMAT", "FeatureIndex", "SearchResult", "default_nlist", "default_pq_bytes"]
 
-FORMAT = "dift-fast-index/1"
+FORMAT = "dift-fast-index/2"  # /2: a checksum over the header and the faiss bytes
 _ADD_CHUNK = 65536  # vectors converted and added at a time
 GPU_PQ_BYTES = (96, 64, 56, 48, 40, 32, 28, 24, 20, 16, 12, 8, 4, 3, 2, 1)  # code sizes GpuIndexIVFPQ supports
 
@@ -285,9 +291,11 @@ class FeatureIndex:
         header = {"format": FORMAT, "dim": self.dim, "kind": self.kind, "metric": self.metric, "nlist": self.nlist,
                   "m": self.m, "nbits": self.nbits, "nprobe": self.nprobe, "refine": self.refine,
                   "refine_k_factor": self.refine_k_factor, "meta": self.meta}
+        blob = np.ascontiguousarray(blob, dtype=np.uint8)
+        text = json.dumps(header, sort_keys=True)
         path = Path(path)
         with atomic_path(path) as tmp:
-            save_file({"faiss": blob}, str(tmp), metadata={"header": json.dumps(header)})
+            save_file({"faiss": blob}, str(tmp), metadata={"header": text, "checksum": _checksum(text, blob)})
         return path
 
     @classmethod
@@ -300,12 +308,20 @@ class FeatureIndex:
             raise FileNotFoundError(f"index file {path} does not exist")
         try:
             with safe_open(str(path), framework="numpy") as f:
-                header = json.loads((f.metadata() or {})["header"])
+                meta = f.metadata() or {}
+                text, checksum = meta["header"], meta.get("checksum")
                 blob = f.get_tensor("faiss")
+            header = json.loads(text)
         except Exception as err:
-            raise ValueError(f"{path} is not a dift-fast index file ({err})") from None
-        if header.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a dift-fast index (format {header.get('format')!r}, expected {FORMAT})")
+            raise ValueError(f"{path} is not a dift-fast index file or is damaged ({type(err).__name__}: {err})") from None
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            found = header.get("format") if isinstance(header, dict) else None
+            raise ValueError(f"{path} is not a dift-fast index (format {found!r}, expected {FORMAT}); "
+                             "rebuild it with `dift-fast index build`")
+        if blob.dtype != np.uint8 or blob.ndim != 1 or checksum != _checksum(text, blob):
+            # Checked before faiss sees the bytes: faiss does not validate them, and a damaged index can crash.
+            raise ValueError(f"{path} is damaged: its checksum does not match its content (modified or corrupt "
+                             "after it was written); rebuild it with `dift-fast index build`")
         index = cls(header["dim"], header["kind"], metric=header["metric"], nlist=header["nlist"], m=header["m"],
                     nbits=header["nbits"], nprobe=header["nprobe"], refine=header.get("refine"),
                     refine_k_factor=header.get("refine_k_factor", 8.0), device=device, meta=header["meta"])
@@ -346,6 +362,14 @@ class FeatureIndex:
             self._index = faiss.index_cpu_to_gpus_list(cpu_index, co=options, gpus=list(self._gpus))
         if self.kind == "ivfpq":
             faiss.GpuParameterSpace().set_index_parameter(self._index, "nprobe", self.nprobe)
+
+
+def _checksum(header: str, blob: np.ndarray) -> str:
+    """sha256 over an index file's header text and faiss bytes."""
+    h = hashlib.sha256(header.encode())
+    h.update(b"\0")
+    h.update(np.ascontiguousarray(blob).tobytes())
+    return h.hexdigest()
 
 
 def _resolve_gpus(device: str) -> tuple[int, ...]:

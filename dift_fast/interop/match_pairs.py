@@ -22,7 +22,7 @@ import torch
 
 from ..config import DiftConfig
 from ..store.store import StoreError
-from .h5journal import H5Journal, describe_diff, import_h5py
+from .h5journal import H5Journal, import_h5py
 from .hloc import (
     H5Keypoints,
     Pair,
@@ -68,19 +68,26 @@ class MatchPairsSummary:
 
 
 def _dift_identity(config: DiftConfig, store: Any) -> tuple[dict[str, Any], bool]:
-    """identity_of() for this run's features (the store's precision/PCA with --store, full fp32 maps without), and
-    whether the model has random weights (the test the extractor's ``is_tiny`` makes, without loading it)."""
-    from ..backbones.registry import backbone_for
-    from ..extractor import resolve_device, resolve_dtype
-    from ..store.identity import identity_of
+    """The feature identity (:mod:`dift_fast.identity`) of this run's maps, and whether the model has random weights.
 
-    backbone = backbone_for(config)
-    folder, tiny = backbone.source, backbone.is_tiny
-    dtype = resolve_dtype(config.dtype, resolve_device(config.device))
+    Without ``--store`` the maps are the extractor's full fp32 maps: their identity is predicted from the config
+    (no model is loaded; the extractor's own identity is checked against it when one is). With ``--store`` they
+    are the store's maps: its identity, whose feature part must equal this run's.
+    """
+    from ..backbones.registry import backbone_for
+    from ..identity import config_identity, describe_diff
+    from ..store.identity import feature_part
+
+    tiny = backbone_for(config).is_tiny
+    features = config_identity(config)
     if store is None:
-        return identity_of(config, folder, dtype, "fp32", None, 0), tiny
-    ident = store.meta["identity"]
-    return identity_of(config, folder, dtype, store.store_dtype, ident["pca_dim"], ident["pca_sample"] or 0), tiny
+        return features, tiny
+    if feature_part(store.meta["identity"]) != features:
+        raise ValueError(
+            f"--store {store.root} was made with other settings than this run's "
+            f"({describe_diff(feature_part(store.meta['identity']), features)}); pass the store's model options"
+        )
+    return dict(store.meta["identity"]), tiny
 
 
 def match_pairs(
@@ -147,11 +154,6 @@ def match_pairs(
 
             feature_store = FeatureStore.open(store)
         dift, tiny = _dift_identity(config, feature_store)
-        if feature_store is not None and feature_store.meta["identity"] != dift:
-            raise ValueError(
-                f"--store {store} was made with other settings than this run's "
-                f"({describe_diff(feature_store.meta['identity'], dift)}); pass the store's model options"
-            )
         feature_identity = {
             "format": FEATURES_FORMAT,
             **dift,
@@ -169,6 +171,7 @@ def match_pairs(
         run = _Run(
             image_dir,
             config,
+            dift,
             extractor,
             kp_source,
             feature_store,
@@ -213,6 +216,7 @@ class _Run:
         self,
         image_dir: Path,
         config: DiftConfig,
+        identity: dict[str, Any],
         extractor: Any,
         kp_source: Any,
         store: Any,
@@ -223,6 +227,7 @@ class _Run:
     ) -> None:
         self.image_dir = image_dir
         self.config = config
+        self.identity = identity
         self._extractor = extractor
         self._extractor_checked = False
         self.kp_source = kp_source
@@ -246,6 +251,17 @@ class _Run:
                 self._extractor = self._extractor()
             if self._extractor.config != self.config:
                 raise ValueError(f"the extractor's config {self._extractor.config} is not this run's {self.config}")
+            from ..identity import describe_diff, extractor_identity
+            from ..store.identity import feature_part
+
+            # A stand-in without a model (no components: test doubles) has no identity to check.
+            has_model = getattr(self._extractor, "components", None) is not None
+            mine, recorded = (extractor_identity(self._extractor) if has_model else None), feature_part(self.identity)
+            if has_model and mine != recorded:
+                raise ValueError(
+                    "the loaded extractor computes other features than the outputs record "
+                    f"({describe_diff(recorded, mine, old_name='recorded', new_name='extractor')}); nothing was written"
+                )
             self._extractor_checked = True
         return self._extractor
 

@@ -9,28 +9,52 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_descriptors", "check_map", "check_points", "check_size"]
+__all__ = ["as_points", "check_descriptors", "check_map", "check_points", "check_size"]
 
 
-def check_points(points: torch.Tensor, size: tuple[int, int], name: str = "points") -> torch.Tensor:
-    """Validate integer pixel points [N, 2] (x, y) against an image ``size`` (W, H); returns a long tensor."""
-    pts = torch.as_tensor(points)
+def as_points(points: object, name: str = "points") -> torch.Tensor:
+    """``points`` (a tensor, array or nested sequence) as a real-valued tensor ``[N, 2]``, or a clear ValueError.
+
+    Refuses what cannot be coordinates: ragged or non-numeric sequences, integers too large for int64, bool and
+    complex values, NaN and Inf.
+    """
+    try:
+        pts = points if isinstance(points, torch.Tensor) else torch.as_tensor(points)
+    except (RuntimeError, TypeError, ValueError, OverflowError) as err:
+        raise ValueError(f"{name} must be [N, 2] (x, y) numbers, got {_short(points)} ({err})") from None
+    if pts.dtype == torch.bool or pts.is_complex():
+        raise ValueError(f"{name} must be [N, 2] real (x, y) coordinates, got a {pts.dtype} tensor")
     if pts.ndim != 2 or pts.shape[-1] != 2:
         raise ValueError(f"{name} must be [N, 2] (x, y) pixel coordinates, got shape {list(pts.shape)}")
-    if pts.is_floating_point():
-        if not torch.isfinite(pts).all():
-            raise ValueError(f"{name} contains NaN or Inf")
-        pts = pts.round()
-    pts = pts.long()
+    if pts.is_floating_point() and not torch.isfinite(pts).all():
+        i = int((~torch.isfinite(pts)).any(dim=1).nonzero()[0, 0])
+        raise ValueError(f"{name}[{i}] = {pts[i].tolist()} is not finite (NaN or Inf)")
+    return pts
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_points(points: object, size: tuple[int, int], name: str = "points") -> torch.Tensor:
+    """Validate integer pixel points [N, 2] (x, y) against an image ``size`` (W, H); returns a long tensor.
+
+    Floats are rounded to the nearest pixel; NaN, Inf and huge values are refused before any conversion.
+    """
+    pts = as_points(points, name)
     w, h = size
-    bad = (pts[:, 0] < 0) | (pts[:, 0] >= w) | (pts[:, 1] < 0) | (pts[:, 1] >= h)
+    # Compared in float64 (exact for every int64 and float32 value up to 2**53), before converting to int64: a
+    # huge float would otherwise wrap around in the cast.
+    coords = pts.double().round() if pts.is_floating_point() else pts.double()
+    bad = (coords[:, 0] < 0) | (coords[:, 0] > w - 1) | (coords[:, 1] < 0) | (coords[:, 1] > h - 1)
     if bad.any():
         i = int(bad.nonzero()[0, 0])
+        x, y = (f"{v:g}" if pts.is_floating_point() else str(int(v)) for v in pts[i].tolist())
         raise ValueError(
-            f"{name}[{i}] = ({int(pts[i, 0])}, {int(pts[i, 1])}) is outside the {w}x{h} image "
-            f"(x must be in 0..{w - 1}, y in 0..{h - 1})"
+            f"{name}[{i}] = ({x}, {y}) is outside the {w}x{h} image (x must be in 0..{w - 1}, y in 0..{h - 1})"
         )
-    return pts
+    return coords.long()
 
 
 def check_map(feat: torch.Tensor, name: str) -> torch.Tensor:

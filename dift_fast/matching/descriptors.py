@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .checks import check_map, check_size
+from .checks import as_points, check_map, check_size
 
 __all__ = ["pooled_descriptors", "sample_descriptors"]
 
@@ -34,12 +34,15 @@ def sample_descriptors(
     """
     feat = check_map(feat, "feat").float()
     W, H = check_size(image_size, "image_size")
-    pts = torch.as_tensor(points, device=feat.device)
-    if pts.ndim != 2 or pts.shape[-1] != 2:
-        raise ValueError(f"points must be [N, 2] (x, y), got shape {list(pts.shape)}")
+    pts = as_points(points, "points").to(feat.device, torch.float64)
+    # Keypoints may sit up to a pixel outside the image (hloc's -0.5 pixel-centre convention and rounding);
+    # farther out is not a keypoint of this image (and huge values would lose all precision in float32).
+    outside = (pts[:, 0] < -1) | (pts[:, 0] > W) | (pts[:, 1] < -1) | (pts[:, 1] > H)
+    if outside.any():
+        i = int(outside.nonzero()[0, 0])
+        raise ValueError(f"points[{i}] = ({pts[i, 0].item():g}, {pts[i, 1].item():g}) is outside the {W}x{H} image "
+                         f"(x must be in -1..{W}, y in -1..{H})")
     pts = pts.float()
-    if not torch.isfinite(pts).all():
-        raise ValueError("points contains NaN or Inf")
     size = pts.new_tensor([W, H])
     if convention == "reference":
         c = (size - 1) / 2

@@ -27,6 +27,11 @@ __all__ = ["cosine_maps", "match_points", "match_points_reference"]
 _EPS = 1e-12  # F.normalize's default eps: a zero vector has cosine 0 with everything
 _CHUNK_BYTES = 64 << 20  # default budget for one chunk of [n, Ht, Wt] float32 cosine maps
 _GRAM_BLOCK = 16  # columns per batched Gram block: 2·h·(b+1)²·C multiply-adds per block
+# Query points go through the sampling, normalisation and dot-product matmul in blocks of exactly this many rows
+# (the last block padded): BLAS and cuBLAS pick their kernel, and so the float32 summation order, by the shapes
+# (one row takes a matrix-vector path that rounds differently from a matrix-matrix one), so a fixed shape makes a
+# point's answer independent of which and how many other points share the call, near-ties included.
+_QUERY_BLOCK = 16
 
 
 def match_points_reference(
@@ -44,7 +49,8 @@ def match_points_reference(
     src_feat, tgt_feat = check_map(src_feat, "src_feat"), check_map(tgt_feat, "tgt_feat")
     if src_feat.shape[0] != tgt_feat.shape[0]:
         raise ValueError(f"feature dimensions differ: src {src_feat.shape[0]}, tgt {tgt_feat.shape[0]}")
-    pts = check_points(torch.as_tensor(src_points), src_size, "src_points").to(src_feat.device)
+    src_size, tgt_size = check_size(src_size, "src_size"), check_size(tgt_size, "tgt_size")
+    pts = check_points(src_points, src_size, "src_points").to(src_feat.device)
     (ws, hs), (wt, ht) = src_size, tgt_size
     src_up = F.interpolate(src_feat[None].float(), size=(hs, ws), mode="bilinear", align_corners=False)[0]
     tgt_up = F.interpolate(tgt_feat[None].float(), size=(ht, wt), mode="bilinear", align_corners=False)[0]
@@ -189,8 +195,28 @@ def _prepare_pair(
     if src_feat.device != tgt_feat.device:
         raise ValueError(f"src_feat is on {src_feat.device} but tgt_feat on {tgt_feat.device}; move both to one device")
     src_size, tgt_size = check_size(src_size, "src_size"), check_size(tgt_size, "tgt_size")
-    pts = check_points(torch.as_tensor(src_points), src_size, "src_points").to(src_feat.device)
+    pts = check_points(src_points, src_size, "src_points").to(src_feat.device)
     return src_feat.float().contiguous(), tgt_feat.float().contiguous(), pts, src_size, tgt_size
+
+
+def _query_dots(src_feat: torch.Tensor, tgt_flat: torch.Tensor, pts: torch.Tensor,
+                src_size: tuple[int, int]) -> torch.Tensor:  # [N, P]
+    """Dot products of the normalised query vectors with every target cell, in fixed-shape blocks of queries.
+
+    Every block has exactly ``_QUERY_BLOCK`` rows (the last one padded with copies of its first point), so each
+    query's row is computed by the same kernels with the same summation order whatever the other queries are.
+    """
+    n = len(pts)
+    if n == 0:
+        return tgt_flat.new_empty(0, tgt_flat.shape[1])
+    pad = -n % _QUERY_BLOCK
+    if pad:
+        pts = torch.cat([pts, pts[-1:].expand(pad, 2)])
+    rows = []
+    for start in range(0, len(pts), _QUERY_BLOCK):
+        q = F.normalize(_sample_upsampled(src_feat, pts[start:start + _QUERY_BLOCK], src_size), dim=1)
+        rows.append(q @ tgt_flat)
+    return torch.cat(rows)[:n]
 
 
 def _cosine_chunks(
@@ -200,8 +226,7 @@ def _cosine_chunks(
     """Yield (start, [n, Ht*Wt] cosine maps) for consecutive chunks of the query points."""
     c, ht, wt = tgt_feat.shape
     W, H = tgt_size
-    q = F.normalize(_sample_upsampled(src_feat, pts, src_size), dim=1)  # [N, C]
-    dots = (q @ tgt_feat.view(c, ht * wt)).view(-1, 1, ht, wt)  # [N, 1, ht, wt]
+    dots = _query_dots(src_feat, tgt_feat.view(c, ht * wt), pts, src_size).view(-1, 1, ht, wt)  # [N, 1, ht, wt]
     inv_norm = _upsampled_inverse_norms(tgt_feat, tgt_size)  # [H, W]
     # Right and bottom border plateaus: pixels past the last cell centre all equal that cell in real arithmetic;
     # F.interpolate's l0·x + l1·x differs from x by an ulp, which would make ties there a coin toss. Copying the

@@ -9,11 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from ..backend_options import BackendOptions
 from ..config import DiftConfig
-from .identity import StoreDtype, identity_of
+from .identity import StoreDtype, store_identity
 
 __all__ = ["StoreJob", "job_identity", "load_job_extractor"]
 
@@ -54,13 +52,16 @@ def load_job_extractor(job: StoreJob, device: str | None) -> Any:
 
 
 def job_identity(job: StoreJob, extractor: Any = None, device: str | None = None) -> dict[str, Any]:
-    """The store identity ``job`` writes: from a loaded ``extractor``, else from the config (nothing is loaded)."""
-    if extractor is not None:
-        return identity_of(extractor.config, extractor.components.folder, extractor.dtype, job.store_dtype,
-                           job.pca_dim, job.pca_sample)
-    from ..backbones.registry import backbone_for
-    from ..extractor import resolve_device, resolve_dtype
+    """The store identity ``job`` writes: from a loaded ``extractor``, else predicted from the config.
 
-    folder = backbone_for(job.config).source  # a model folder, or an ADM checkpoint file
-    dtype = resolve_dtype(job.config.dtype, torch.device(device) if device else resolve_device(None))
-    return identity_of(job.config, folder, dtype, job.store_dtype, job.pca_dim, job.pca_sample)
+    The prediction (used when the parent of a multi-device or Ray run loads no model) reads the model's weights
+    to hash them but loads no network; every worker checks its own extractor's identity against the store's
+    before it writes (:meth:`StorePipeline.run`), so a wrong prediction is refused, never mixed in.
+    """
+    from ..identity import config_identity, extractor_identity
+
+    if extractor is not None:
+        features = extractor_identity(extractor)
+    else:
+        features = config_identity(job.config, device, job.backend_options)
+    return store_identity(features, job.store_dtype, job.pca_dim, job.pca_sample)

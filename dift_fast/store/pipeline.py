@@ -197,6 +197,9 @@ class StorePipeline:
         decode_workers: threads decoding ahead; 0 decodes in the loop itself (the sequential baseline).
         batch_size: images per network call; None: the config's on CPU, from free memory on CUDA.
         on_progress: called as ``(written, failed, times)`` after every write (used by multi-GPU workers).
+        check_identity: refuse to run when the extractor's feature identity differs from the store's (every
+            writer checks, so a worker that would compute other features never writes); False only for stand-in
+            extractors in tests.
     """
 
     def __init__(
@@ -210,8 +213,10 @@ class StorePipeline:
         progress: bool = False,
         desc: str = "dift-fast store",
         on_progress: Callable[[int, int, StageTimes], None] | None = None,
+        check_identity: bool = True,
     ) -> None:
         self.extractor, self.store, self.source = extractor, store, source
+        self.check_identity = check_identity
         self.decode_workers = max(0, int(decode_workers))
         self.batch_size = batch_size
         self.progress, self.desc, self.on_progress = progress, desc, on_progress
@@ -287,6 +292,18 @@ class StorePipeline:
     def _fail(self, name: str, reason: str) -> None:
         self._writer.submit(("fail", name, reason))
 
+    def _check_identity(self) -> None:
+        from ..identity import describe_diff, extractor_identity
+        from .identity import feature_part
+        from .store import StoreConfigError
+
+        mine, theirs = extractor_identity(self.extractor), feature_part(self.store.meta["identity"])
+        if mine != theirs:
+            raise StoreConfigError(
+                f"this extractor computes other features than store {self.store.root} holds "
+                f"({describe_diff(theirs, mine)}); nothing was written"
+            )
+
     # -- loop ------------------------------------------------------------------------------------------------
 
     def run(self, names: Sequence[str]) -> RunResult:
@@ -295,6 +312,8 @@ class StorePipeline:
         Raises:
             StoreFullError: the disk filled up (what was written is complete and kept).
         """
+        if self.check_identity:
+            self._check_identity()
         result = RunResult()
         start = time.perf_counter()
         bar = None

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .identity import describe_diff
 from .job import StoreJob, job_identity, load_job_extractor
 from .parallel import cpu_threads_per_worker
 from .pipeline import RunResult, StorePipeline
@@ -72,8 +73,8 @@ class StoreActor:
         self.store.fsync = job.fsync
         mine = job_identity(job, self.extractor)
         if mine != self.store.meta["identity"]:
-            raise StoreConfigError(f"Ray worker on {device} would write {mine}, the store holds "
-                                   f"{self.store.meta['identity']}; pass --dtype explicitly")
+            raise StoreConfigError(f"Ray worker on {device} would write other features than the store holds "
+                                   f"({describe_diff(self.store.meta['identity'], mine)}); pass --dtype explicitly")
         self.pipeline_args = {"decode_workers": job.decode_workers, "batch_size": job.batch_size}
         self.source = source
 

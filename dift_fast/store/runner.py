@@ -55,20 +55,21 @@ def extract_to_store(job: StoreJob, extractor: Any = None) -> StoreSummary:
     devices = job.devices or [str(extractor.device) if extractor is not None else job.config.device]
     if job.ray_address is not None:
         devices = ["cuda" if connect(job.ray_address) else "cpu"]  # what the actors will run on
+    _check_one_device_type(devices)
     parallel = len(devices) > 1 or job.ray_address is not None
     if extractor is None and not parallel:
         extractor = load_job_extractor(job, devices[0])
     identity = job_identity(job, extractor, devices[0])
-    store = FeatureStore.create_or_open(
+    store = FeatureStore.create_or_open(  # returns with the writer lock held
         job.out, identity, job.config.to_dict(), overwrite=job.overwrite, must_exist=job.resume,
         extra={"root": source.root, "tiny_random": job.config.model == "tiny-random"},
     )
     store.fsync = job.fsync
-    store.lock()
     try:
         store.clear_tmp()
         adopted = store.recover(source.names)
-        done = store.done_names()
+        # An image is done when its manifest line and its file are there (a deleted file is recomputed).
+        done = {n for n in store.done_names() if store.path(n).is_file()}
         skipped = sum(1 for n in source.names if n in done) - len(adopted)
         if job.pca_dim and store.pca is None:
             fit_extractor = extractor if extractor is not None else load_job_extractor(job, devices[0])
@@ -88,6 +89,18 @@ def extract_to_store(job: StoreJob, extractor: Any = None) -> StoreSummary:
         store.unlock()
     return StoreSummary(store, len(source.names), skipped, len(adopted), result.written,
                         result.failed, result.times, result.seconds, result.batch_size)
+
+
+def _check_one_device_type(devices: list[str | None]) -> None:
+    """Refuse devices of different types in one run: their features would not share one identity."""
+    import torch
+
+    types = {torch.device(d).type if d else ("cuda" if torch.cuda.is_available() else "cpu") for d in devices}
+    if len(types) > 1:
+        raise ValueError(
+            f"--devices {','.join(str(d) for d in devices)} mixes device types ({', '.join(sorted(types))}); their "
+            "features differ beyond rounding (dtype, TF32), so one store takes one type: run them into two stores"
+        )
 
 
 def _fit_store_pca(store: FeatureStore, extractor: Any, source: ImageSource, job: StoreJob) -> None:

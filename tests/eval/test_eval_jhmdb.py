@@ -251,7 +251,7 @@ def test_joint_pck_unscored_joint_left_out():
 
 def test_jhmdb_runner_follows_moving_content(jhmdb_root, tmp_path):
     extractor = PatchCodedExtractor()
-    cache = FeatureCache(tmp_path / "cache", extractor.config)
+    cache = FeatureCache(tmp_path / "cache", {"stand-in": "patch-coded"})  # no model: its own identity
     # short side 96: the 64x48 frames are upscaled 2x to 128x96 (16 x 12 cells of 8 px), so a joint on the 4-px
     # grid sits on a cell, and the 4 px slide per frame is one cell: the texture's features move with it.
     report = run_jhmdb(extractor, jhmdb_root, cache, short_side=96, limit=1, progress=False)
@@ -276,7 +276,7 @@ def _one_line(root, name):
 
 def test_jhmdb_runner_with_tiny_model(tiny_extractor_factory, jhmdb_root, tmp_path):
     extractor = tiny_extractor_factory(ensemble_size=1)
-    cache = FeatureCache(tmp_path / "cache", extractor.config)
+    cache = FeatureCache(tmp_path / "cache", extractor)
     report = run_jhmdb(extractor, jhmdb_root, cache, short_side=48, limit=1, progress=False)
     assert report.counts["frames scored"] == 3 and 0.0 <= report.metrics["PCK@0.1"] <= report.metrics["PCK@0.2"]
     assert any("random weights" in n for n in report.notes) and any("short side 48" in n for n in report.notes)
