@@ -4,10 +4,36 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..backbones.catalog import default_preset_for_model
 from ..config import DEFAULT_MODEL, DTYPES, PRESETS
+
+# What an option needs that is optional: (extra, the feature as the user names it, the modules; None: all the extra's)
+Need = tuple[str, str, tuple[str, ...] | None]
+
+
+def declare_needs(parser: argparse.ArgumentParser, needs: Callable[[argparse.Namespace], Iterable[Need]]) -> None:
+    """Say which optional packages a subcommand needs for the options given; checked before it runs."""
+    parser.set_defaults(needs=needs)
+
+
+def check_needs(args: argparse.Namespace) -> None:
+    """Import every optional package the parsed command needs, before any work (and before any model loads).
+
+    Raises:
+        MissingExtraError: naming the package and the extra to install (``pip install 'dift-fast[viz]'``).
+    """
+    from ..extras import require_extra
+
+    needs = list(args.needs(args)) if callable(getattr(args, "needs", None)) else []
+    if getattr(args, "backend", None) == "onnxruntime":
+        needs.append(("onnx", "--backend onnxruntime", ("onnxruntime", "onnx")))
+    if getattr(args, "ray", None) is not None:
+        needs.append(("ray", "--ray", ("ray.data",)))
+    for extra, feature, modules in needs:
+        require_extra(extra, feature, modules)
 
 
 class DeprecatedAlias(argparse.Action):

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .common import declare_needs
 from .match import parse_points
 
 
@@ -41,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --refine: IVF-PQ candidates re-ranked per result (default 8)")
     b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or all (shard over all GPUs)")
     b.set_defaults(func=run_build)
+    declare_needs(b, _needs_faiss)
 
     q = actions.add_parser(
         "query",
@@ -57,6 +59,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     q.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or all")
     q.set_defaults(func=run_query)
+    declare_needs(q, _needs_faiss)
+
+
+def _needs_faiss(args: argparse.Namespace) -> list:
+    return [("faiss", f"index {args.index_command} (a FAISS index)", None)]
 
 
 def run_build(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_model_options, load_extractor
+from .common import Need, add_model_options, declare_needs, load_extractor
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heatmap", action="store_true", help="with --out: shade B by the first point's cosine similarity")
     add_model_options(p)
     p.set_defaults(func=run)
+    declare_needs(p, needs)
+
+
+def needs(args: argparse.Namespace) -> list[Need]:
+    return [("viz", "match --out (a picture of the matches)", None)] if args.out else []
 
 
 def parse_points(items: list[str]) -> list[tuple[int, int]]:
