@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..backbones.catalog import default_preset_for_model
+from ..backbones.catalog import default_preset_for_model, preset_card
 from ..config import DEFAULT_MODEL, DTYPES, PRESETS
 
 # What an option needs that is optional: (extra, the feature as the user names it, the modules; None: all the extra's)
@@ -83,7 +83,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="the feature block: SD's UNet up block 0..3, ADM's output block 0..17 (preset's by default)",
     )
     g.add_argument("--ensemble-size", type=int, default=None, help="noise draws averaged per image (E)")
-    g.add_argument("--image-size", default=None, help="WxH images are resized to, e.g. 768x768")
+    g.add_argument(
+        "--image-size",
+        default=None,
+        help="WxH images are resized to, e.g. 768x768, or native: keep each image's size, floored to multiples of 8",
+    )
     g.add_argument("--prompt", default=None, help="text prompt (default: empty)")
     g.add_argument("--dtype", default=None, choices=DTYPES, help="compute dtype (default fp32 on CPU, bf16 on CUDA)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
@@ -110,11 +114,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+NATIVE_SIZE = "native"  # --image-size native: DiftConfig.image_size=None, each image keeps its size (floored)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--image-size {text!r}: expected WIDTHxHEIGHT, e.g. 768x768") from None
+        raise ValueError(f"--image-size {text!r}: expected WIDTHxHEIGHT, e.g. 768x768 (or native)") from None
     return w, h
 
 
@@ -139,7 +146,12 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             out[field] = value
     if getattr(args, "image_size", None):
-        out["image_size"] = parse_size(args.image_size)
+        out["image_size"] = None if args.image_size.lower() == NATIVE_SIZE else parse_size(args.image_size)
+        if out["image_size"] is None and (card := preset_card(resolved_preset(args))).size_multiple != 8:
+            raise ValueError(
+                f"--image-size native keeps each image's size floored to multiples of 8, but backbone {card.name!r} "
+                f"needs multiples of {card.size_multiple}; give --image-size WxH (multiples of {card.size_multiple})"
+            )
     return out
 
 
