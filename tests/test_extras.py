@@ -129,3 +129,14 @@ def test_missing_matplotlib_is_reported_in_a_fresh_interpreter(tmp_path):
     assert "MODEL LOADED" not in out.stdout
     assert "needs matplotlib" in out.stderr and "pip install 'dift-fast[viz]'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_info_reports_a_missing_backend_instead_of_refusing(monkeypatch):
+    from dift_fast.cli import build_parser
+    from dift_fast.cli.common import check_needs
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    parser = build_parser()
+    check_needs(parser.parse_args(["info", "--backend", "onnxruntime", "--model", "tiny-random"]))  # no error
+    with pytest.raises(MissingExtraError, match=r"--backend onnxruntime needs onnxruntime"):
+        check_needs(parser.parse_args(["match", "a", "b", "--points", "1,1", "--backend", "onnxruntime"]))

@@ -61,7 +61,9 @@ def hub_offline_reason(probe: bool = True) -> str | None:
 def _probe(endpoint: str) -> str | None:
     try:
         from huggingface_hub import get_session
-
+    except ImportError:  # a huggingface_hub without a shared session: no probe, its own behaviour
+        return None
+    try:
         get_session().head(endpoint, timeout=HUB_PROBE_TIMEOUT_S)  # any HTTP answer means the hub is reachable
     except Exception as err:  # DNS, refused, timeout, proxy: all mean "offline" for our purposes
         return (

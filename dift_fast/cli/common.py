@@ -14,9 +14,17 @@ from ..config import DEFAULT_MODEL, DTYPES, PRESETS
 Need = tuple[str, str, tuple[str, ...] | None]
 
 
-def declare_needs(parser: argparse.ArgumentParser, needs: Callable[[argparse.Namespace], Iterable[Need]]) -> None:
-    """Say which optional packages a subcommand needs for the options given; checked before it runs."""
-    parser.set_defaults(needs=needs)
+def declare_needs(
+    parser: argparse.ArgumentParser,
+    needs: Callable[[argparse.Namespace], Iterable[Need]] | None,
+    *,
+    backend: bool = True,
+) -> None:
+    """Say which optional packages a subcommand needs for the options given; checked before it runs.
+
+    ``backend=False``: the command only reports on ``--backend`` (``info``), so a missing backend is not an error.
+    """
+    parser.set_defaults(needs=needs, needs_backend=backend)
 
 
 def check_needs(args: argparse.Namespace) -> None:
@@ -28,7 +36,7 @@ def check_needs(args: argparse.Namespace) -> None:
     from ..extras import require_extra
 
     needs = list(args.needs(args)) if callable(getattr(args, "needs", None)) else []
-    if getattr(args, "backend", None) == "onnxruntime":
+    if getattr(args, "backend", None) == "onnxruntime" and getattr(args, "needs_backend", True):
         needs.append(("onnx", "--backend onnxruntime", ("onnxruntime", "onnx")))
     if getattr(args, "ray", None) is not None:
         needs.append(("ray", "--ray", ("ray.data",)))

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .common import add_model_options, backend_options_from_args, config_overrides, resolved_preset
+from .common import add_model_options, backend_options_from_args, config_overrides, declare_needs, resolved_preset
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=run)
+    declare_needs(p, None, backend=False)  # reports what is missing instead of refusing to run
 
 
 def gather(args: argparse.Namespace) -> dict[str, Any]:
