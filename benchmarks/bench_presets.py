@@ -197,9 +197,23 @@ def gpu_estimate(preset: str, dtype_name: str) -> dict[str, Any]:
     }
 
 
+def available_gib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2**20
+    return float("inf")
+
+
 def cpu_time(preset: str, threads: int) -> dict[str, Any]:
     import torch
     from common import peak_rss_delta, random_components
+
+    # Refuse what would not fit (a shared machine: never push others into swap or the OOM killer): fp32 weights +
+    # the fused-attention activation peak, with a 30 % margin (CPU attention is flash-style for fp32 in torch).
+    fp32 = gpu_estimate(preset, "fp32")
+    need = 1.3 * (fp32["weights_gib"] + max(fp32["activations_gib"]["fused"].values()))
+    if need > available_gib():
+        return {"preset": preset, "skipped": f"needs ~{need:.1f} GiB, {available_gib():.1f} GiB available"}
 
     from dift_fast import DiftConfig, DiftExtractor
     from dift_fast.architectures import architecture_dir
@@ -244,12 +258,13 @@ def render_table(payload: dict) -> str:
         f"({payload['gpu_dtype']} networks, fp32 text encoder, attention fused; materialised attention in brackets; "
         f"+{CUDA_ALLOWANCE_GIB:g} GiB CUDA allowance).",
     ]
-    if cpu:
-        first = next(iter(cpu.values()))
+    ran = [r for r in cpu.values() if "skipped" not in r]
+    if ran:
+        first = ran[0]
         lines.append(
             f"CPU: measured on {m['cpu']} ({m['cores']} cores, {first['threads']} torch threads, fp32, random "
-            f"weights of the real-size architectures), load average {min(r['load_before'] for r in cpu.values())}"
-            f"-{max(r['load_after'] for r in cpu.values())} during the run."
+            f"weights of the real-size architectures), load average {min(r['load_before'] for r in ran)}"
+            f"-{max(r['load_after'] for r in ran)} during the run."
         )
     lines += [
         "",
@@ -266,9 +281,10 @@ def render_table(payload: dict) -> str:
         )
         if cpu:
             c = cpu.get(preset)
-            row += (
-                f" {c['minutes']:.1f} | {c['peak_rss_above_start_gib']:.1f} |" if c else " not run | not run |"
-            )
+            if c is None or "skipped" in c:
+                row += f" not run{': ' + c['skipped'] if c else ''} | |"
+            else:
+                row += f" {c['minutes']:.1f} | {c['peak_rss_above_start_gib']:.1f} |"
         lines.append(row)
     return "\n".join(lines) + "\n"
 
@@ -299,7 +315,7 @@ def main() -> None:
             print(f"{preset} ...", flush=True)
             payload["cpu"].append(cpu_time(preset, args.threads))
             gc.collect()  # the preset's random networks go before the next one's are built
-            print(f"  {payload['cpu'][-1]['minutes']:.2f} min", flush=True)
+            print(f"  {payload['cpu'][-1]}", flush=True)
         name = "presets-cpu"
     table = render_table(payload)
     path = write_results(name, payload, table)

@@ -58,3 +58,20 @@ def test_davis_presets_are_davis_frames_under_the_papers_size_rule(preset):
     """854x480 frames: short side 480, long side floored to a multiple of 32 (spec §5) -> 832x480."""
     assert PRESETS[preset]["image_size"] == frame_size_rule(854, 480) == (832, 480)
     assert frame_size_rule(480, 854) == (480, 832)  # what `eval davis` does for a portrait video
+
+
+def test_match_with_native_sizes_extracts_each_size(tiny_model_dir, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    paths = []
+    for name, (w, h) in (("a.png", (75, 53)), ("b.png", (40, 64))):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / name)
+        paths.append(str(tmp_path / name))
+    argv = ["match", *paths, "--points", "74,52", "--json", "--image-size", "native", "--model", str(tiny_model_dir),
+            "--ensemble-size", "1", "--device", "cpu"]
+    assert main(argv) == 0
+    import json
+
+    out = json.loads(capsys.readouterr().out)
+    assert out["size_a"] == [75, 53] and out["size_b"] == [40, 64] and out["config"]["image_size"] is None
+    x, y = out["matches"][0]["b"]
+    assert 0 <= x < 40 and 0 <= y < 64

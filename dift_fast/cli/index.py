@@ -153,11 +153,13 @@ def _fill(index, source, level: str, kind: str) -> dict[str, str]:
         offsets = torch.cumsum(counts, 0) - counts
         pick = torch.randperm(int(counts.sum()), generator=gen)[:TRAIN_SAMPLE]
         sample = torch.empty(len(pick), source.shapes[0][0])
+        filled = torch.zeros(len(pick), dtype=torch.bool)  # rows of damaged images stay out of the sample
         for i in range(len(source.names)):
             hit = (pick >= offsets[i]) & (pick < offsets[i] + counts[i])
             if hit.any() and (f := read(i)) is not None:
                 sample[hit] = f.flatten(1).T[pick[hit] - offsets[i]]
-        index.train(sample)
+                filled |= hit
+        index.train(sample[filled])
         skipped.clear()  # reported by the pass below
     for i in range(len(source.names)):
         if (f := read(i)) is not None:

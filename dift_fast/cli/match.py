@@ -52,13 +52,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ..images import load_rgb
     from ..matching import check_points, match_points
+    from ..pair import extract_features
 
     points = parse_points(args.points)
     img_a, img_b = load_rgb(args.image_a), load_rgb(args.image_b)
     check_points(points, img_a.size, f"--points for {args.image_a}")  # fail before any model work
     extractor = load_extractor(args)
-    batch = extractor.extract_prepared(extractor.prepare([img_a, img_b]))
-    a, b = batch[0], batch[1]  # ImageFeatures: each map with its image's size
+    a, b = extract_features(extractor, [img_a, img_b])  # ImageFeatures (one call per size: --image-size native)
     matched, scores = match_points(a, b, torch.tensor(points))
     if args.json:
         print(json.dumps(match_report(args, extractor, a, b, points, matched.tolist(), scores.tolist()), indent=1))
