@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .extras import import_extra
 from .images import ImageLike, load_rgb, prepare_image
 from .matching import match_points
 
@@ -63,14 +64,6 @@ class EditResult:
     inliers: int  # RANSAC inliers, counted once per distinct target pixel
     points: int  # point pairs the homography was fitted to
     reason: str | None = None  # why there is no image
-
-
-def require_cv2() -> Any:
-    try:
-        import cv2
-    except ImportError as err:
-        raise RuntimeError(f"edit propagation needs OpenCV ({err}): pip install 'dift-fast[eval]'") from None
-    return cv2
 
 
 def load_edit(edit: str | Any, size: tuple[int, int] | None = None, name: str | None = None) -> np.ndarray:
@@ -131,7 +124,7 @@ def composite_edit(target: np.ndarray, edit: np.ndarray, homography: np.ndarray)
     Colour is premultiplied by alpha before the (bilinear) warp, so the colour of fully transparent edit pixels
     never bleeds into the result; then ``out = warped_colour + (1 - warped_alpha) * target``.
     """
-    cv2 = require_cv2()
+    cv2 = import_extra("cv2", "edit propagation")
     alpha = edit[..., 3:4].astype(np.float32) / 255.0
     premultiplied = np.concatenate([edit[..., :3].astype(np.float32) / 255.0 * alpha, alpha], axis=2)
     h, w = target.shape[:2]
@@ -183,7 +176,7 @@ def transfer_edit(
     Raises for a bad source or edit (nothing can be done then); a bad target only fails its own result.
     See :func:`propagate_edit` for the arguments.
     """
-    cv2 = require_cv2()
+    cv2 = import_extra("cv2", "edit propagation")
     if not 0.0 <= min_inlier_fraction <= 1.0:
         raise ValueError(f"min_inlier_fraction must be in [0, 1], got {min_inlier_fraction}")
     image_size = extractor.config.image_size

@@ -46,6 +46,19 @@ class FeatureBatch:
     original_sizes: list[tuple[int, int]]  # (width, height) of each input before resizing
     image_keys: list[int]
 
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> Any:  # -> ImageFeatures
+        """Image ``i`` as an :class:`~dift_fast.pair.ImageFeatures` (its map ``[C, h, w]``, name and original size),
+        which ``match_points``, ``match_pair`` and the plots take without sizes given by hand."""
+        from .pair import ImageFeatures
+
+        if not isinstance(i, int):
+            raise TypeError(f"FeatureBatch[i] takes an image position (int), got {type(i).__name__}")
+        i = range(len(self.names))[i]  # negative positions count from the end; IndexError past either end
+        return ImageFeatures(self.features[i], self.names[i], self.original_sizes[i])
+
 
 def resolve_device(device: str | None) -> torch.device:
     if device is None:

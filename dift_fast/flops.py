@@ -13,7 +13,7 @@ from torch import nn
 
 from .unet import TruncatedUNet, VaeEncoder
 
-__all__ = ["CostReport", "count_parameters", "measure_costs"]
+__all__ = ["CostReport", "count_flops", "count_parameters", "measure_costs"]
 
 
 @dataclass
@@ -43,10 +43,15 @@ class CostReport:
 
 
 def count_parameters(module: nn.Module) -> int:
+    """Number of parameters of ``module`` (meta tensors count too)."""
     return sum(p.numel() for p in module.parameters())
 
 
-def _flops(fn: Any, *args: Any) -> int:
+def count_flops(fn: Any, *args: Any) -> int:
+    """FLOPs (a multiply-add counted as 2) of one call ``fn(*args)``, by torch's FlopCounterMode, without grad.
+
+    Runs on meta tensors as well, so a real-size network can be counted without memory or weights.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -74,8 +79,8 @@ def measure_costs(
         image = torch.zeros(1, 3, h, w)
         latent = torch.zeros(1, vae.latent_channels, h // f, w // f)
         context = torch.zeros(1, 77, unet.config.cross_attention_dim)
-        vae_flops = _flops(vae.moments, image)
-        unet_flops = _flops(unet, latent, torch.tensor([1]), context)
+        vae_flops = count_flops(vae.moments, image)
+        unet_flops = count_flops(unet, latent, torch.tensor([1]), context)
     if text_encoder is not None:
         text_encoder_parameters = count_parameters(text_encoder)
     return CostReport(

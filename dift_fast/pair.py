@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from .matching import match_points, mutual_nearest_neighbors
+from .matching.cells import cell_centers
 
-__all__ = ["ImageFeatures", "cell_centers", "extract_features", "match_descriptors", "match_pair", "unbatch"]
+__all__ = ["ImageFeatures", "extract_features", "match_descriptors", "match_pair", "unbatch"]
 
 
 @dataclass(frozen=True)
@@ -87,18 +88,6 @@ def extract_features(extractor: Any, images: Any, prompt: str | Sequence[str] | 
         for i, item in zip(idx, unbatch(batch)):
             out[i] = item
     return out  # type: ignore[return-value]
-
-
-def cell_centers(feature_shape: Sequence[int], original_size: tuple[int, int]) -> torch.Tensor:  # [h*w, 2]
-    """Pixel coordinates (x, y) of the centre of every feature cell, in row-major cell order.
-
-    Cell (i, j) of an ``h x w`` map over a ``W x H`` image covers pixels [j·W/w, (j+1)·W/w); with 0-based pixel
-    centres (hloc, LightGlue) its centre is ((j + 0.5)·W/w − 0.5, (i + 0.5)·H/h − 0.5).
-    """
-    h, w = int(feature_shape[-2]), int(feature_shape[-1])
-    W, H = original_size
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    return torch.stack([(xs.flatten() + 0.5) * (W / w) - 0.5, (ys.flatten() + 0.5) * (H / h) - 0.5], dim=1)
 
 
 def match_descriptors(
@@ -176,8 +165,8 @@ def match_pair(
     i0 = torch.where(matches0 > -1)[0]
     device = desc0.device
     return {
-        "keypoints0": cell_centers(f0.features.shape, f0.original_size).to(device),
-        "keypoints1": cell_centers(f1.features.shape, f1.original_size).to(device),
+        "keypoints0": cell_centers(*f0.features.shape[1:], f0.original_size).to(device),
+        "keypoints1": cell_centers(*f1.features.shape[1:], f1.original_size).to(device),
         "matches": torch.stack([i0, matches0[i0]], dim=-1),
         "scores": scores0[i0],
         "matches0": matches0,

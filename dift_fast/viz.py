@@ -32,11 +32,12 @@ _COLORBAR_PX = 95  # room for one colour bar with its ticks and label
 
 
 def _figure(width_px: float, height_px: float) -> Any:
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as err:
-        raise RuntimeError(f"plotting needs matplotlib ({err}); install it with `pip install dift-fast[viz]`") from None
+    from .extras import require_extra
+
+    require_extra("viz", "plotting")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     dpi = 100
     fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
     FigureCanvasAgg(fig)

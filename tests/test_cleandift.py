@@ -141,7 +141,8 @@ def test_hub_spec_offline_gives_the_offline_advice(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     monkeypatch.chdir(tmp_path)  # so the spec cannot exist as a local path
-    with pytest.raises(WeightsError, match=r"(?s)CompVis/cleandift.*HF_HUB_OFFLINE is set.*huggingface-cli download"):
+    with pytest.raises(WeightsError, match=r"(?s)CompVis/cleandift.*HF_HUB_OFFLINE is set.*hf download CompVis/cleandift "
+                       r"cleandift_sd21_unet\.safetensors --local-dir DIR"):
         load_unet_weights(_unet(seed=2), CLEANDIFT_UNET_WEIGHTS)
 
 

@@ -13,7 +13,8 @@ from PIL import Image
 import dift_fast
 from dift_fast.images import ImageError
 from dift_fast.matching import dense_mutual_nearest_neighbors, match_points_reference
-from dift_fast.pair import ImageFeatures, cell_centers, extract_features, match_pair, unbatch
+from dift_fast.matching.cells import cell_centers
+from dift_fast.pair import ImageFeatures, extract_features, match_pair, unbatch
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CAT, TURNED = str(EXAMPLES / "cat.jpg"), str(EXAMPLES / "cat_turned.jpg")
@@ -25,7 +26,7 @@ def cosine_matrix(f0: torch.Tensor, f1: torch.Tensor) -> torch.Tensor:  # [h0*w0
 
 def test_cell_centers_are_pixel_centres_of_each_cell():
     # A 4-wide map over a 64-pixel-wide image: cells of 16 pixels, the first covers pixels 0..15, centre 7.5.
-    xy = cell_centers((8, 3, 4), (64, 30))
+    xy = cell_centers(3, 4, (64, 30))
     assert xy.shape == (12, 2)
     assert xy[:4, 0].tolist() == [7.5, 23.5, 39.5, 55.5]
     assert xy[::4, 1].tolist() == [4.5, 14.5, 24.5]  # rows of 10 pixels

@@ -284,7 +284,7 @@ def test_hdf5_export_is_hloc_layout(reference, tmp_path, capsys):
             assert tuple(fd[name]["image_size"][()]) == store.entries()[name].original_size
     with pytest.raises(FileExistsError):
         export_h5(store, out)
-    assert main(["store", "export-h5", str(reference), str(out), "--overwrite"]) == 0
+    assert main(["store", "export-h5", str(reference), os.fspath(out), "--overwrite"]) == 0  # not str(): its repr
     assert main(["store", "info", str(reference), "--failures"]) == 0
     text = capsys.readouterr().out
     assert '"images": 6' in text and "failed: b/text.png" in text

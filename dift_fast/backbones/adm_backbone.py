@@ -37,6 +37,13 @@ __all__ = ["ARCHITECTURE_ONLY", "AdmBackbone"]
 ARCHITECTURE_ONLY = ("adm", "adm256")  # model names meaning the packaged architecture, without weights
 
 
+def adm_download_advice() -> str:
+    """How to get guided-diffusion's checkpoint (a plain download: it is not on the Hugging Face hub)."""
+    from .hub import download_advice
+
+    return download_advice(ADM_CHECKPOINT_NAME, url=ADM_CHECKPOINT_URL, use=f"--model {ADM_CHECKPOINT_NAME}")
+
+
 class AdmBackbone(Backbone):
     """guided-diffusion ADM (DIFT_adm): pixel space, no text, linear schedule, output blocks 0..17."""
 
@@ -52,18 +59,16 @@ class AdmBackbone(Backbone):
         if model in ARCHITECTURE_ONLY or model == DEFAULT_MODEL:
             what = "is the architecture only (no weights)" if model != DEFAULT_MODEL else "is the SD default model"
             raise ModelLoadError(
-                f"model {model!r} {what}; DIFT_adm needs guided-diffusion's checkpoint: download {ADM_CHECKPOINT_NAME} "
-                f"from {ADM_CHECKPOINT_URL} and pass its path as the model (--model PATH.pt), or use "
-                f"'{TINY_ADM_MODEL}' for an offline smoke test"
+                f"model {model!r} {what}; DIFT_adm needs guided-diffusion's checkpoint {ADM_CHECKPOINT_NAME} (2.2 GB) "
+                f"from {ADM_CHECKPOINT_URL}: {adm_download_advice()} For an offline smoke test use "
+                f"'{TINY_ADM_MODEL}'."
             )
         path = Path(model).expanduser()
         if path.is_dir():
             self._folder_checkpoint(path)  # checked now: a clear error before anything else
             return path
         if not path.is_file():
-            raise ModelLoadError(
-                f"ADM checkpoint {path} does not exist; download {ADM_CHECKPOINT_NAME} from {ADM_CHECKPOINT_URL}"
-            )
+            raise ModelLoadError(f"ADM checkpoint {path} does not exist. {adm_download_advice()}")
         if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
             raise ModelLoadError(f"ADM checkpoint {path} must be one of {', '.join(CHECKPOINT_SUFFIXES)}")
         return path

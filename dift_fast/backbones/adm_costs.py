@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..flops import _flops, count_parameters
+from ..flops import count_flops, count_parameters
 from .adm import adm_config, build_adm_unet
 from .adm_network import TruncatedADM
 
@@ -42,7 +42,7 @@ def measure_adm_costs(
     truncated = TruncatedADM(unet, block)
     with torch.device("meta"):
         image = torch.zeros(1, int(config["in_channels"]), h, w)
-        flops = _flops(truncated, image, torch.tensor([1]))
+        flops = count_flops(truncated, image, torch.tensor([1]))
     return AdmCostReport(
         image_size=(w, h),
         block=block,

@@ -36,21 +36,16 @@ _COMPONENT_FILES = {
     "tokenizer": "tokenizer_config.json",
     "scheduler": "scheduler_config.json",
 }
-# Files DIFT never needs: other weight formats, half-precision duplicates, the pipeline's extra parts.
-_HUB_IGNORE = [
-    "*.bin",
-    "*.ckpt",
-    "*.fp16.*",
-    "*.msgpack",
-    "*.onnx",
-    "*.pb",
-    "*.h5",
-    "*.ot",
-    "safety_checker/*",
-    "feature_extractor/*",
-    "*.png",
-    "*.jpg",
-]
+# What DIFT reads of a hub model, as include patterns (the download and the offline advice both use them): every
+# config (model_index.json, the components' configs, the tokenizer's JSON files), the tokenizer, and the
+# safetensors weights of the UNet, the VAE and the text encoder; never the other weight formats, half-precision
+# duplicates, single-file checkpoints or the pipeline's other parts.
+SD_HUB_INCLUDE = (
+    "*.json",
+    "tokenizer/*",
+    "*/diffusion_pytorch_model.safetensors",
+    "text_encoder/model.safetensors",
+)
 
 
 def _check_folder(folder: Path) -> None:
@@ -67,16 +62,18 @@ def _looks_local(model: str) -> bool:
     return path.exists() or model.startswith((".", "/", "~")) or os.sep in model.strip("/").replace("/", "", 1)
 
 
+def sd_download_advice(model: str) -> str:
+    """How to get the SD model ``model`` (a hub id) without network: the files DIFT reads, into a folder."""
+    from .hub import download_advice
+
+    return download_advice(model, include=SD_HUB_INCLUDE, use="--model DIR (from_pretrained(DIR))")
+
+
 def _hub_error(model: str, revision: str | None, err: Exception) -> ModelLoadError:
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-    return ModelLoadError(
-        f"could not get model {model!r} (revision {revision or 'default'}) from the Hugging Face hub: "
-        f"{type(err).__name__}: {err}.\n"
-        + ("HF_HUB_OFFLINE is set and the model is not in the local cache. " if offline else "")
-        + "Without network: download it once elsewhere with `huggingface-cli download "
-        f"{model} --local-dir DIR` and pass `--model DIR` (from_pretrained(DIR)), or set HF_HUB_OFFLINE=1 to "
-        "use a copy already in the Hugging Face cache. For an offline smoke test use --model tiny-random."
-    )
+    from .hub import hub_failure
+
+    advice = sd_download_advice(model) + " For an offline smoke test use --model tiny-random."
+    return ModelLoadError(hub_failure(f"model {model!r} (revision {revision or 'default'})", err, advice))
 
 
 def resolve_model_folder(model: str = DEFAULT_MODEL, revision: str | None = None) -> Path:
@@ -97,9 +94,9 @@ def resolve_model_folder(model: str = DEFAULT_MODEL, revision: str | None = None
         _check_folder(path)
         return path
     try:
-        from huggingface_hub import snapshot_download
+        from .hub import hub_snapshot
 
-        folder = Path(snapshot_download(model, revision=revision, ignore_patterns=_HUB_IGNORE))
+        folder = hub_snapshot(model, revision, include=SD_HUB_INCLUDE)
     except Exception as err:  # network, auth, missing repo: all need the same advice
         raise _hub_error(model, revision, err) from None
     _check_folder(folder)
@@ -122,16 +119,25 @@ def read_component_configs(model: str, revision: str | None = None) -> dict[str,
                 raise ModelLoadError(f"model folder {folder} is missing the '{comp}' component ({comp}/{fname})")
         else:
             try:
-                from huggingface_hub import hf_hub_download
+                from .hub import hub_file
 
-                path = Path(hf_hub_download(model, f"{comp}/{fname}", revision=revision))
+                path = hub_file(model, f"{comp}/{fname}", revision)
             except Exception as err:
-                raise ModelLoadError(
-                    f"could not read {comp}/{fname} of {model!r} from the hub ({type(err).__name__}); "
-                    "pass a local folder with --model"
-                ) from None
-        out[comp] = json.loads(path.read_text())
+                raise _hub_error(model, revision, err) from None
+        out[comp] = read_json_config(path)
     return out
+
+
+def read_json_config(path: Path) -> dict[str, Any]:
+    """A component's JSON config; an unreadable file or one that is not a JSON object is a ModelLoadError naming it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ModelLoadError(f"{path} is not a readable JSON config ({type(err).__name__}: {err}); restore the "
+                             "file (e.g. download the model again)") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} is not a JSON config: it holds a {type(data).__name__}, not an object")
+    return data
 
 
 def _load(folder: Path, name: str, loader: Any) -> Any:
@@ -158,7 +164,7 @@ class SdBackbone(Backbone):
         return resolve_model_folder(self.model_id, self.revision)
 
     def _make_schedule(self) -> DiffusersSchedule:
-        return DiffusersSchedule(json.loads((self.source / "scheduler" / "scheduler_config.json").read_text()))
+        return DiffusersSchedule(read_json_config(self.source / "scheduler" / "scheduler_config.json"))
 
     @cached_property
     def component_configs(self) -> dict[str, dict[str, Any]]:

@@ -4,10 +4,44 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..backbones.catalog import default_preset_for_model
+from ..backbones.catalog import default_preset_for_model, preset_card
 from ..config import DEFAULT_MODEL, DTYPES, PRESETS
+
+# What an option needs that is optional: (extra, the feature as the user names it, the modules; None: all the extra's)
+Need = tuple[str, str, tuple[str, ...] | None]
+
+
+def declare_needs(
+    parser: argparse.ArgumentParser,
+    needs: Callable[[argparse.Namespace], Iterable[Need]] | None,
+    *,
+    backend: bool = True,
+) -> None:
+    """Say which optional packages a subcommand needs for the options given; checked before it runs.
+
+    ``backend=False``: the command only reports on ``--backend`` (``info``), so a missing backend is not an error.
+    """
+    parser.set_defaults(needs=needs, needs_backend=backend)
+
+
+def check_needs(args: argparse.Namespace) -> None:
+    """Import every optional package the parsed command needs, before any work (and before any model loads).
+
+    Raises:
+        MissingExtraError: naming the package and the extra to install (``pip install 'dift-fast[viz]'``).
+    """
+    from ..extras import require_extra
+
+    needs = list(args.needs(args)) if callable(getattr(args, "needs", None)) else []
+    if getattr(args, "backend", None) == "onnxruntime" and getattr(args, "needs_backend", True):
+        needs.append(("onnx", "--backend onnxruntime", ("onnxruntime", "onnx")))
+    if getattr(args, "ray", None) is not None:
+        needs.append(("ray", "--ray", ("ray.data",)))
+    for extra, feature, modules in needs:
+        require_extra(extra, feature, modules)
 
 
 class DeprecatedAlias(argparse.Action):
@@ -57,7 +91,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="the feature block: SD's UNet up block 0..3, ADM's output block 0..17 (preset's by default)",
     )
     g.add_argument("--ensemble-size", type=int, default=None, help="noise draws averaged per image (E)")
-    g.add_argument("--image-size", default=None, help="WxH images are resized to, e.g. 768x768")
+    g.add_argument(
+        "--image-size",
+        default=None,
+        help="WxH images are resized to, e.g. 768x768, or native: keep each image's size, floored to multiples of 8",
+    )
     g.add_argument("--prompt", default=None, help="text prompt (default: empty)")
     g.add_argument("--dtype", default=None, choices=DTYPES, help="compute dtype (default fp32 on CPU, bf16 on CUDA)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
@@ -84,11 +122,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+NATIVE_SIZE = "native"  # --image-size native: DiftConfig.image_size=None, each image keeps its size (floored)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--image-size {text!r}: expected WIDTHxHEIGHT, e.g. 768x768") from None
+        raise ValueError(f"--image-size {text!r}: expected WIDTHxHEIGHT, e.g. 768x768 (or native)") from None
     return w, h
 
 
@@ -113,7 +154,12 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             out[field] = value
     if getattr(args, "image_size", None):
-        out["image_size"] = parse_size(args.image_size)
+        out["image_size"] = None if args.image_size.lower() == NATIVE_SIZE else parse_size(args.image_size)
+        if out["image_size"] is None and (card := preset_card(resolved_preset(args))).size_multiple != 8:
+            raise ValueError(
+                f"--image-size native keeps each image's size floored to multiples of 8, but backbone {card.name!r} "
+                f"needs multiples of {card.size_multiple}; give --image-size WxH (multiples of {card.size_multiple})"
+            )
     return out
 
 

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .common import add_model_options, load_extractor
+from .common import add_model_options, declare_needs, load_extractor
 
 EPILOG = """examples:
   dift-fast edit cat.jpg sticker.png cat_turned.jpg other_cat.jpg --out edited/
@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--sample-seed", type=int, default=0, help="seed of the point sampling (default 0)")
     add_model_options(p)
     p.set_defaults(func=run)
+    declare_needs(p, lambda args: [("eval", "edit (RANSAC homographies, OpenCV)", ("cv2",))])
 
 
 def output_names(targets: list[str]) -> list[str]:
@@ -56,10 +57,9 @@ def output_names(targets: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..edit import load_edit, require_cv2, transfer_edit
+    from ..edit import load_edit, transfer_edit
     from ..images import load_rgb
 
-    require_cv2()
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_model_options, load_extractor
+from .common import Need, add_model_options, declare_needs, load_extractor
 
 BENCHMARKS = ("spair", "pf-willow", "hpatches", "davis", "jhmdb", "synthetic-homography")
 
@@ -50,6 +50,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed-pairs", type=int, default=0, help="synthetic-homography: seed of the pairs")
     add_model_options(p)
     p.set_defaults(func=run, preset=None)
+    declare_needs(p, needs)
+
+
+# Optional modules (all in the eval extra) each benchmark imports: OpenCV for homographies, SIFT and frame
+# resizing, scikit-image for J&F's contour disks and the sample photos, scipy for JHMDB's .mat files.
+BENCHMARK_MODULES = {
+    "spair": (),
+    "pf-willow": (),
+    "hpatches": ("cv2",),
+    "davis": ("cv2", "skimage"),
+    "jhmdb": ("cv2", "scipy"),
+    "synthetic-homography": ("cv2",),
+}
+
+
+def needs(args: argparse.Namespace) -> list[Need]:
+    modules = BENCHMARK_MODULES[args.benchmark]
+    if args.benchmark == "synthetic-homography" and args.root is None:
+        modules += ("skimage",)  # its sample photos
+    return [("eval", f"eval {args.benchmark}", modules)] if modules else []
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..backbones.catalog import default_preset_for_model
 from ..config import DEFAULT_MODEL, PRESETS
-from .common import parse_size
+from .common import declare_needs, parse_size
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 20; 22 for bf16)")
     p.add_argument("--force", action="store_true", help="export even if DIR already holds this export")
     p.set_defaults(func=run)
+    declare_needs(p, lambda args: [("onnx", "export (ONNX graphs)", ("onnx",))])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,9 +6,11 @@ import argparse
 import importlib.util
 import json
 import platform
+import sys
+from pathlib import Path
 from typing import Any
 
-from .common import add_model_options, backend_options_from_args, config_overrides, resolved_preset
+from .common import add_model_options, backend_options_from_args, config_overrides, declare_needs, resolved_preset
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,22 +27,41 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=run)
+    declare_needs(p, None, backend=False)  # reports what is missing instead of refusing to run
 
 
 def gather(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything ``info`` reports: the environment, then the model (``model_error`` when it cannot be read)."""
+    from ..backbones.base import ModelLoadError
+
+    config = _config(args)
+    info = environment(args, config)
+    info["hub"] = hub_status(config)
+    try:
+        info["model"] = model_costs(config)
+    except ModelLoadError as err:
+        info["model_error"] = str(err)
+    return info
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from ..config import DiftConfig
+
+    return DiftConfig.from_preset(resolved_preset(args), **config_overrides(args))
+
+
+def environment(args: argparse.Namespace, config: Any) -> dict[str, Any]:
+    """Versions, devices, kernels and backends: all local, nothing downloaded."""
     import torch
 
     from .. import __version__
-    from ..backbones.registry import backbone_for
     from ..backend_options import backend_options_for
-    from ..config import DiftConfig
     from ..extractor import resolve_dtype
 
-    config = DiftConfig.from_preset(resolved_preset(args), **config_overrides(args))
     options = backend_options_for(config.backend, backend_options_from_args(args))
     cuda = torch.cuda.is_available()
     device = torch.device(config.device or ("cuda" if cuda else "cpu"))
-    info: dict[str, Any] = {
+    return {
         "dift_fast": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -53,12 +74,32 @@ def gather(args: argparse.Namespace) -> dict[str, Any]:
         "kernels": kernel_status(),
         "backends": backend_status(),
     }
+
+
+def hub_status(config: Any) -> dict[str, Any] | None:
+    """Whether the model's configs come from the Hugging Face hub and, if so, whether it is reachable and why not.
+
+    None when the model is local (a folder, a checkpoint, a built-in tiny model or a packaged architecture).
+    """
+    from ..backbones.hub import hub_offline_reason
+    from ..config import TINY_MODEL
+
+    if config.backbone == "adm" or config.model == TINY_MODEL or Path(config.model).expanduser().exists():
+        return None
+    reason = hub_offline_reason()  # HF_HUB_OFFLINE, or one short request: no retries
+    return {"model": config.model, "offline": reason is not None, "reason": reason}
+
+
+def model_costs(config: Any) -> dict[str, Any]:
+    """The backbone, feature block, parameter counts and FLOPs per image (architecture configs only, no weights)."""
+    from ..backbones.registry import backbone_for
+
     backbone = backbone_for(config)  # reads architecture configs only: no weights
     size = config.image_size or (768, 768)
     costs = backbone.costs(size, config.up_ft_index)
     block = backbone.block_info(config.up_ft_index)
     E = config.ensemble_size
-    info["model"] = {
+    return {
         "backbone": backbone.name,
         "title": backbone.card.title,
         "feature_block": {"index": block.index, "channels": block.channels, "stride": block.stride},
@@ -72,7 +113,6 @@ def gather(args: argparse.Namespace) -> dict[str, Any]:
         "flops_per_image": costs.per_image(E),
         "reference_flops_per_image": costs.reference_per_image(E),
     }
-    return info
 
 
 def kernel_status() -> dict[str, Any]:
@@ -131,11 +171,34 @@ def _fmt_flops(n: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    info = gather(args)
+    """Print the environment first (local, instant), then the model's costs (may need the hub's config files).
+
+    Exit code 1 when the model's configs could not be read (the environment was still reported).
+    """
     if args.json:
+        info = gather(args)
         print(json.dumps(info, indent=2))
-        return 0
-    cfg, m = info["config"], info["model"]
+        return 1 if "model_error" in info else 0
+    from ..backbones.base import ModelLoadError
+
+    config = _config(args)
+    env = environment(args, config)
+    print_environment(env, config)
+    hub = hub_status(config)
+    if hub is not None:
+        state = f"offline: {hub['reason']}; reading the local cache only" if hub["offline"] else "reachable"
+        print(f"hub          {state}", flush=True)
+    print(f"model        {config.model} (revision {config.revision or 'default'})", flush=True)
+    try:
+        m = model_costs(config)
+    except ModelLoadError as err:
+        print(f"dift-fast info: the model's configs could not be read: {err}", file=sys.stderr)
+        return 1
+    print_model(m, env["config"])
+    return 0
+
+
+def print_environment(info: dict[str, Any], config: Any) -> None:
     gpus = ", ".join(info["gpus"]) or "none"
     print(f"dift-fast {info['dift_fast']}  python {info['python']}  torch {info['torch']}")
     print(f"device       {info['device']} ({info['dtype']}); GPUs: {gpus}")
@@ -145,8 +208,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"backend      {name}: {status}")
     if info["backend_options"] is not None:
         opts = ", ".join(f"{k}={v!r}" for k, v in info["backend_options"].items())
-        print(f"options      {cfg['backend']}: {opts}")
-    print(f"model        {cfg['model']} (revision {cfg['revision'] or 'default'})")
+        print(f"options      {config.backend}: {opts}")
+    sys.stdout.flush()
+
+
+def print_model(m: dict[str, Any], cfg: dict[str, Any]) -> None:
     print(f"backbone     {m['backbone']}: {m['title']}")
     w, h = m["image_size"]
     fb = m["feature_block"]
@@ -172,4 +238,3 @@ def run(args: argparse.Namespace) -> int:
         f"             dift-fast {_fmt_flops(m['flops_per_image'])} vs reference "
         f"{_fmt_flops(m['reference_flops_per_image'])} (encoder on every member)"
     )
-    return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_model_options, config_overrides, load_extractor, resolved_preset
+from .common import add_model_options, config_overrides, declare_needs, load_extractor, resolved_preset
 
 MAX_LISTED_FAILURES = 20
 
@@ -48,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_model_options(p)
     p.set_defaults(func=run)
+    declare_needs(p, lambda args: [("colmap", "match-pairs (hloc's HDF5 files)", ("h5py",))])
 
 
 def run(args: argparse.Namespace) -> int:

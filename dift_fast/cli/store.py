@@ -9,6 +9,8 @@ import os
 import re
 import sys
 
+from .common import declare_needs
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("store", help="inspect a feature store or export it to HDF5",
@@ -24,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     h5.add_argument("--overwrite", action="store_true", help="replace OUT.h5 if it exists")
     h5.epilog = "Exit code 1 when damaged images (checksum mismatch) were left out; they are listed."
     h5.set_defaults(func=run_export_h5)
+    declare_needs(h5, lambda args: [("colmap", "store export-h5", ("h5py",))])
 
 
 def run_info(args: argparse.Namespace) -> int:

@@ -273,7 +273,7 @@ class FeatureIndex:
             raise ValueError(f"k = {k} but the index holds {self.ntotal} vectors; k must be in 1..{self.ntotal}")
         q = queries if queries.ndim == 2 else queries.reshape(1, -1)
         x = self._as_matrix(q, "queries")
-        scores, labels = self._index.search(x, k)
+        scores, labels = self._search_stable(x, k)
         image, xy = unpack_labels(labels)
         scores = torch.from_numpy(scores)
         if self.metric == "l2":
@@ -330,6 +330,32 @@ class FeatureIndex:
         return index
 
     # -- internals ------------------------------------------------------------------------------------------------
+    def _search_stable(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:  # [Q, k] scores, labels
+        """faiss' search with equal scores ordered by label (image id, then y, x), so that the ``k`` results are
+        always the first ``k`` of the ``k + 1`` results.
+
+        faiss orders equal scores as its heap leaves them, which changes with k. Here the search asks for more
+        results until the last one scores strictly worse than the k-th (so every result tied with the k-th is in
+        hand; usually one extra result), then sorts by (score, label). Exact for flat and IVF-PQ indexes (the
+        candidates and their scores do not depend on k); a refined index re-ranks k·k_factor candidates, so a
+        larger k may bring in a better one.
+        """
+        higher_first = self.metric == "cosine"
+        want = min(k + 1, self.ntotal)
+        while True:
+            scores, labels = self._index.search(x, want)
+            if want >= self.ntotal or want == k:
+                break
+            kth, last = scores[:, k - 1], scores[:, -1]
+            ties_beyond = (labels[:, -1] >= 0) & (last == kth)  # the k-th score may continue past what we have
+            if not ties_beyond.any():
+                break
+            want = min(2 * want, self.ntotal)
+        missing = labels < 0  # fewer results than asked (IVF): kept last
+        key = np.where(missing, np.inf, -scores if higher_first else scores)
+        order = np.lexsort((labels, key), axis=-1)[:, :k]
+        return np.take_along_axis(scores, order, 1), np.take_along_axis(labels, order, 1)
+
     def _as_matrix(self, x: torch.Tensor | np.ndarray, name: str) -> np.ndarray:  # [n, dim] float32 C-contiguous
         t = torch.as_tensor(x)
         if t.ndim != 2 or t.shape[1] != self.dim:

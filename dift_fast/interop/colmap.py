@@ -24,13 +24,10 @@ __all__ = ["ColmapImport", "import_into_colmap", "import_pycolmap"]
 
 
 def import_pycolmap() -> Any:
-    try:
-        import pycolmap
-    except ImportError as err:
-        raise RuntimeError(
-            f"COLMAP import needs pycolmap ({err}); install it with `pip install dift-fast[colmap]`"
-        ) from None
-    return pycolmap
+    """pycolmap, or a :class:`~dift_fast.extras.MissingExtraError` naming the extra that installs it."""
+    from ..extras import import_extra
+
+    return import_extra("pycolmap", "COLMAP import")
 
 
 @dataclass

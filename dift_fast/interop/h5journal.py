@@ -41,13 +41,10 @@ class H5SettingsError(ValueError):
 
 
 def import_h5py() -> Any:
-    try:
-        import h5py
-    except ImportError as err:
-        raise RuntimeError(
-            f"hloc-style HDF5 files need h5py ({err}); install it with `pip install h5py` (or dift-fast[colmap])"
-        ) from None
-    return h5py
+    """h5py, or a :class:`~dift_fast.extras.MissingExtraError` naming the extra that installs it."""
+    from ..extras import import_extra
+
+    return import_extra("h5py", "hloc-style HDF5 files", extra="colmap")
 
 
 def leaf_groups(fd: Any) -> list[str]:

@@ -133,10 +133,10 @@ class GridKeypoints:
 
     def __call__(self, name: str, original_size: tuple[int, int], feature_shape: tuple[int, ...]):
         """``(keypoints [N, 2] float32, scores [N] float32)`` in the original image's pixels."""
-        from ..pair import cell_centers
+        from ..matching.cells import cell_centers
 
         if self.stride is None:
-            kps = cell_centers(feature_shape, original_size).numpy()
+            kps = cell_centers(*feature_shape[-2:], original_size).numpy()
         else:
             w, h = original_size
             nx, ny = w // self.stride, h // self.stride

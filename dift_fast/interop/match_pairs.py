@@ -74,11 +74,11 @@ def _dift_identity(config: DiftConfig, store: Any) -> tuple[dict[str, Any], bool
     (no model is loaded; the extractor's own identity is checked against it when one is). With ``--store`` they
     are the store's maps: its identity, whose feature part must equal this run's.
     """
-    from ..backbones.registry import backbone_for
+    from ..backbones.registry import is_tiny_model
     from ..identity import config_identity, describe_diff
     from ..store.identity import feature_part
 
-    tiny = backbone_for(config).is_tiny
+    tiny = is_tiny_model(config)
     features = config_identity(config)
     if store is None:
         return features, tiny

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["as_points", "check_descriptors", "check_map", "check_points", "check_size"]
+__all__ = ["as_points", "check_descriptors", "check_map", "check_points", "check_size", "map_and_size"]
 
 
 def as_points(points: object, name: str = "points") -> torch.Tensor:
@@ -68,6 +68,26 @@ def check_map(feat: torch.Tensor, name: str) -> torch.Tensor:
     if 0 in feat.shape:
         raise ValueError(f"{name} is empty: shape {list(feat.shape)}")
     return feat
+
+
+def map_and_size(feat: object, size: Sequence[int] | None, name: str) -> tuple[torch.Tensor, tuple[int, int]]:
+    """A feature map and its image's (width, height): from an ``ImageFeatures`` (its map and ``original_size``,
+    :mod:`dift_fast.pair`; ``size`` may be omitted), or from a tensor ``[C, h, w]`` and ``size``.
+
+    Raises:
+        TypeError: a tensor without its size.
+        ValueError: an ``ImageFeatures`` with a different ``size`` given as well.
+    """
+    if hasattr(feat, "features") and hasattr(feat, "original_size"):  # ImageFeatures, without importing it
+        own = check_size(feat.original_size, f"{name}.original_size")
+        if size is not None and check_size(size, name + " size") != own:
+            raise ValueError(f"{name} is an ImageFeatures of a {own[0]}x{own[1]} image, but a size {tuple(size)} "
+                             "was given too; leave the size out")
+        return check_map(feat.features, f"{name}.features"), own
+    if size is None:
+        raise TypeError(f"{name} is a tensor: give its image's size (width, height) too, or pass an ImageFeatures "
+                        "(dift_fast.extract_features / FeatureBatch[i]), which carries it")
+    return check_map(feat, name), check_size(size, name + " size")
 
 
 def check_size(size: Sequence[int], name: str) -> tuple[int, int]:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .checks import check_map, check_points, check_size
+from .checks import check_map, check_points, check_size, map_and_size
 
 __all__ = ["cosine_maps", "match_points", "match_points_reference"]
 
@@ -180,13 +181,14 @@ def _upsampled_inverse_norms(feat: torch.Tensor, size: tuple[int, int]) -> torch
 
 
 def _prepare_pair(
-    src_feat: torch.Tensor,
-    tgt_feat: torch.Tensor,
+    src_feat: torch.Tensor | Any,
+    tgt_feat: torch.Tensor | Any,
     src_points: torch.Tensor | Sequence[Sequence[float]],
-    src_size: tuple[int, int],
-    tgt_size: tuple[int, int],
+    src_size: tuple[int, int] | None,
+    tgt_size: tuple[int, int] | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int], tuple[int, int]]:
-    src_feat, tgt_feat = check_map(src_feat, "src_feat"), check_map(tgt_feat, "tgt_feat")
+    src_feat, src_size = map_and_size(src_feat, src_size, "src_feat")
+    tgt_feat, tgt_size = map_and_size(tgt_feat, tgt_size, "tgt_feat")
     if src_feat.shape[0] != tgt_feat.shape[0]:
         raise ValueError(
             f"feature dimensions differ: src_feat has {src_feat.shape[0]} channels, tgt_feat {tgt_feat.shape[0]}; "
@@ -194,7 +196,6 @@ def _prepare_pair(
         )
     if src_feat.device != tgt_feat.device:
         raise ValueError(f"src_feat is on {src_feat.device} but tgt_feat on {tgt_feat.device}; move both to one device")
-    src_size, tgt_size = check_size(src_size, "src_size"), check_size(tgt_size, "tgt_size")
     pts = check_points(src_points, src_size, "src_points").to(src_feat.device)
     return src_feat.float().contiguous(), tgt_feat.float().contiguous(), pts, src_size, tgt_size
 
@@ -262,11 +263,11 @@ def _topk_first(cos: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def match_points(
-    src_feat: torch.Tensor,  # [C, hs, ws]
-    tgt_feat: torch.Tensor,  # [C, ht, wt]
+    src_feat: torch.Tensor | Any,  # [C, hs, ws], or an ImageFeatures
+    tgt_feat: torch.Tensor | Any,  # [C, ht, wt], or an ImageFeatures
     src_points: torch.Tensor | Sequence[Sequence[float]],  # [N, 2] (x, y) source pixels
-    src_size: tuple[int, int],  # (W, H) of the source image
-    tgt_size: tuple[int, int],  # (W, H) of the target image
+    src_size: tuple[int, int] | None = None,  # (W, H) of the source image (taken from an ImageFeatures)
+    tgt_size: tuple[int, int] | None = None,  # (W, H) of the target image
     *,
     top_k: int = 1,
     chunk: int | None = None,
@@ -277,11 +278,13 @@ def match_points(
     first maximum in row-major order) without materialising an upsampled C-channel map; see the module docstring.
 
     Args:
-        src_feat: source feature map ``[C, hs, ws]`` (or ``[1, C, hs, ws]``), any float dtype, CPU or CUDA.
-        tgt_feat: target feature map ``[C, ht, wt]`` on the same device.
+        src_feat: source feature map ``[C, hs, ws]`` (or ``[1, C, hs, ws]``), any float dtype, CPU or CUDA; or an
+            :class:`~dift_fast.pair.ImageFeatures` (``extract_features(...)[i]``, ``FeatureBatch[i]``), which
+            carries its image's size.
+        tgt_feat: target feature map ``[C, ht, wt]`` on the same device, or an ``ImageFeatures``.
         src_points: ``[N, 2]`` integer pixel coordinates (x, y) in the source image (floats are rounded).
-        src_size: (width, height) of the original source image.
-        tgt_size: (width, height) of the original target image.
+        src_size: (width, height) of the original source image; not needed with an ``ImageFeatures``.
+        tgt_size: (width, height) of the original target image; not needed with an ``ImageFeatures``.
         top_k: number of best target pixels per point (ties: lower row-major index first).
         chunk: query points per cosine-map chunk (memory ``chunk·Ht·Wt·4`` bytes); default: a 64 MiB budget.
 
@@ -304,13 +307,15 @@ def match_points(
 
 
 def cosine_maps(
-    src_feat: torch.Tensor,  # [C, hs, ws]
-    tgt_feat: torch.Tensor,  # [C, ht, wt]
+    src_feat: torch.Tensor | Any,  # [C, hs, ws], or an ImageFeatures
+    tgt_feat: torch.Tensor | Any,  # [C, ht, wt], or an ImageFeatures
     src_points: torch.Tensor | Sequence[Sequence[float]],  # [N, 2] (x, y) source pixels
-    src_size: tuple[int, int],
-    tgt_size: tuple[int, int],
+    src_size: tuple[int, int] | None = None,
+    tgt_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:  # [N, Ht, Wt] float32
     """Cosine similarity of each source point to every target pixel (the maps :func:`match_points` maximises).
+
+    Maps and sizes as in :func:`match_points` (``ImageFeatures`` carry their sizes).
 
     Useful as the heat map of :func:`dift_fast.viz.plot_matches`. Memory: N·Ht·Wt floats.
     """

@@ -55,10 +55,9 @@ def export_h5(
     The file is written under a temporary name and renamed, so an interrupted export leaves no partial file.
     Images whose feature file is damaged (checksum mismatch) are skipped and reported in the result.
     """
-    try:
-        import h5py
-    except ImportError:
-        raise RuntimeError("HDF5 export needs h5py: pip install h5py") from None
+    from ..extras import import_extra
+
+    h5py = import_extra("h5py", "HDF5 export", extra="colmap")
     if not isinstance(store, FeatureStore):
         store = FeatureStore.open(store)
     out = Path(out)

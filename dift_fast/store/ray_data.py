@@ -28,11 +28,11 @@ DEFAULT_RAY_BATCH = 8
 
 
 def _ray() -> Any:
-    try:
-        import ray
-        import ray.data
-    except ImportError:
-        raise RuntimeError("--ray needs Ray Data: pip install 'dift-fast[ray]'") from None
+    from ..extras import import_extra
+
+    import_extra("ray.data", "--ray")
+    import ray
+
     return ray
 
 

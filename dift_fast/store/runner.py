@@ -60,9 +60,11 @@ def extract_to_store(job: StoreJob, extractor: Any = None) -> StoreSummary:
     if extractor is None and not parallel:
         extractor = load_job_extractor(job, devices[0])
     identity = job_identity(job, extractor, devices[0])
+    from ..backbones.registry import is_tiny_model
+
     store = FeatureStore.create_or_open(  # returns with the writer lock held
         job.out, identity, job.config.to_dict(), overwrite=job.overwrite, must_exist=job.resume,
-        extra={"root": source.root, "tiny_random": job.config.model == "tiny-random"},
+        extra={"root": source.root, "tiny_random": is_tiny_model(job.config)},
     )
     store.fsync = job.fsync
     try:

@@ -74,10 +74,9 @@ def load_jhmdb(root: str | Path, split: str | Path | None = None, limit: int | N
 
 def read_joints(path: str | Path) -> np.ndarray:  # [T, J, 2] float64, 0-based pixels
     """``pos_img`` of a ``joint_positions.mat`` as [T, J, 2] (x, y) 0-based pixel coordinates (MATLAB's - 1)."""
-    try:
-        from scipy.io import loadmat
-    except ImportError as err:
-        raise RuntimeError("reading JHMDB needs scipy: pip install 'dift-fast[eval]'") from err
+    from ...extras import import_extra
+
+    loadmat = import_extra("scipy.io", "reading JHMDB").loadmat
     try:
         data = loadmat(str(path))
     except Exception as err:  # scipy raises ValueError, TypeError, OSError ... on a damaged file
