@@ -19,7 +19,7 @@ from ._torch_impl import combine_latents
 from .backbones.catalog import default_preset_for_model
 from .backend_options import BackendOptions, backend_options_for
 from .backends import TORCH_DTYPES, Backend, create_backend, placed_copy
-from .config import DiftConfig
+from .config import AUTO_BATCH, DiftConfig
 from .images import ImageLike, PreparedImage, expand_inputs, prepare_image
 from .loading import DiftComponents, load_components
 from .prompts import encode_prompt
@@ -117,6 +117,9 @@ class DiftExtractor:
         self.dtype = resolve_dtype(config.dtype, self.device)
         # Validated here, before anything is built: a wrong option fails with its field named.
         self.backend_options = backend_options_for(config.backend, backend_options, **options)
+        if config.backend != "torch" and config.batch_size == AUTO_BATCH:
+            # the accelerated backends size engine profiles from the batch size: "auto" is 1 for them
+            self.config = config = config.replace(batch_size=1)
         self.backend: Backend = create_backend(config.backend, components, self.device, self.dtype,
                                                self.backend_options, config=config)
         self.geometry = self.backend.geometry
@@ -125,11 +128,23 @@ class DiftExtractor:
         self.text_encoder = (placed_copy(components.text_encoder, self.device)
                              if components.text_encoder is not None else None)
         self._prompt_cache: dict[str, torch.Tensor] = {}
+        if config.batch_size == AUTO_BATCH:  # the number "auto" means here (dift_fast.batch_size)
+            self.config = config = config.replace(batch_size=self._auto_batch_size())
         # On the CPU, run the networks image by image so results never depend on the batch (see _per_image).
         self.batch_invariant = self.device.type == "cpu"
         self.is_tiny = self.backbone.is_tiny
         if self.is_tiny:
             logger.warning(tiny_warning(config.model))
+
+    def _auto_batch_size(self) -> int:
+        """``batch_size="auto"`` for this extractor: 1 on the CPU, from free memory on CUDA."""
+        from .batch_size import resolve_batch_size
+
+        context_shape = None
+        if (self.text_encoder is not None and self.device.type == "cuda" and self.backend.name == "torch"
+                and self.config.image_size is not None):
+            context_shape = tuple(self.encode_prompt(self.config.prompt).shape)
+        return resolve_batch_size(self.config, self.backend, context_shape)
 
     @classmethod
     def from_pretrained(
