@@ -572,3 +572,29 @@ def test_twin_latents_and_keys_on_the_cpu_are_unchanged():
     native = ops.ensemble_latents(mean, std, keys, 5, 3, 0.8, 0.6, 0.18215)
     twin = _torch_impl.ensemble_latents(mean, std, keys, 5, 3, 0.8, 0.6, 0.18215)
     assert torch.equal(native, twin)
+
+
+def test_cpu_onnxruntime_is_one_flag(tiny_model_dir, tmp_path, monkeypatch):
+    """The CPU path the README documents: ``--backend onnxruntime`` with no export folder exports into the cache
+    on first use, reuses it after, and gives torch's fp32 features."""
+    pytest.importorskip("onnxruntime", reason="the onnxruntime backend needs onnxruntime (pip install dift-fast[onnx])")
+    from PIL import Image
+
+    from dift_fast.cli import main
+    from dift_fast.io import load_features
+
+    monkeypatch.setenv("DIFT_FAST_CACHE", str(tmp_path / "cache"))
+    image = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(image)
+    common = ["--model", str(tiny_model_dir), "--image-size", "64x48", "--ensemble-size", "2", "--device", "cpu",
+              "--no-progress"]
+    assert main(["extract", str(image), "--out", str(tmp_path / "t.safetensors"), *common]) == 0
+    for run in ("o1", "o2"):
+        assert main(["extract", str(image), "--out", str(tmp_path / f"{run}.safetensors"), "--backend",
+                     "onnxruntime", *common]) == 0
+        exports = sorted(p.name for p in (tmp_path / "cache" / "onnx").iterdir())
+        assert len(exports) == 1  # exported once, into the cache; the second run reuses it
+    ref = load_features(tmp_path / "t.safetensors").features
+    for run in ("o1", "o2"):
+        # onnxruntime's fp32 kernels vs torch's: summation order only; the bound of tests/test_export.py (1e-4)
+        assert relative_l2(load_features(tmp_path / f"{run}.safetensors").features, ref) < 1e-4
