@@ -49,8 +49,9 @@ class DiftConfig:
     # CPU the networks run image by image inside it, so features are bit-identical whatever the batch size.
     # "auto": from free GPU memory and the networks' activations per image on CUDA (torch backend, fixed
     # image_size); 1 on the CPU and for the other backends (dift_fast.batch_size). The extractor's config holds
-    # the number it resolved to.
-    batch_size: int | Literal["auto"] = "auto"
+    # the number it resolved to. Not compared: configs that differ only in how many images share a network call
+    # describe the same extraction (the batch size is not part of the feature identity either).
+    batch_size: int | Literal["auto"] = field(default="auto", compare=False)
     backend: str = "torch"  # "torch", "onnxruntime" or "tensorrt"
     preset: str | None = field(default=None, compare=False)  # name of the preset it came from, for the record
     # torch backend: torch.compile the truncated network and the encoder (CPU and CUDA; CUDA graphs on CUDA with a

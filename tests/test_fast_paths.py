@@ -586,15 +586,98 @@ def test_cpu_onnxruntime_is_one_flag(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("DIFT_FAST_CACHE", str(tmp_path / "cache"))
     image = tmp_path / "a.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(image)
-    common = ["--model", str(tiny_model_dir), "--image-size", "64x48", "--ensemble-size", "2", "--device", "cpu",
-              "--no-progress"]
+    common = [
+        "--model",
+        str(tiny_model_dir),
+        "--image-size",
+        "64x48",
+        "--ensemble-size",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert main(["extract", str(image), "--out", str(tmp_path / "t.safetensors"), *common]) == 0
     for run in ("o1", "o2"):
-        assert main(["extract", str(image), "--out", str(tmp_path / f"{run}.safetensors"), "--backend",
-                     "onnxruntime", *common]) == 0
+        assert (
+            main(
+                [
+                    "extract",
+                    str(image),
+                    "--out",
+                    str(tmp_path / f"{run}.safetensors"),
+                    "--backend",
+                    "onnxruntime",
+                    *common,
+                ]
+            )
+            == 0
+        )
         exports = sorted(p.name for p in (tmp_path / "cache" / "onnx").iterdir())
         assert len(exports) == 1  # exported once, into the cache; the second run reuses it
     ref = load_features(tmp_path / "t.safetensors").features
     for run in ("o1", "o2"):
         # onnxruntime's fp32 kernels vs torch's: summation order only; the bound of tests/test_export.py (1e-4)
         assert relative_l2(load_features(tmp_path / f"{run}.safetensors").features, ref) < 1e-4
+
+
+# -- the non-finite check without a host wait per micro-batch (item 10) -------------------------------------------
+
+
+def _explicit_noise(n: int, bad: set[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Explicit noise for n tiny-model images (E = 2, latent 4x6x8); the images in ``bad`` get an infinite ε₁."""
+    g = torch.Generator().manual_seed(7)
+    eps1, eps2 = torch.randn(n, 2, 4, 6, 8, generator=g), torch.randn(n, 2, 4, 6, 8, generator=g)
+    for i in bad:
+        eps1[i] = float("inf")
+    return eps1, eps2
+
+
+def test_non_finite_images_are_named_and_the_others_kept(tiny_components, tiny_config, rng, tmp_path):
+    from PIL import Image
+
+    images = []
+    for i in range(5):  # files, so that each image has its own name
+        images.append(tmp_path / f"im{i}.png")
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(images[-1])
+    ext = DiftExtractor(tiny_components, tiny_config.replace(batch_size=2))  # micro-batches [0, 1], [2, 3], [4]
+    prepared = ext.prepare(images)
+    noise = _explicit_noise(5, bad={1, 4})
+    with pytest.raises(FloatingPointError, match="non-finite") as err:
+        ext.extract_prepared(prepared, noise=noise)
+    assert err.value.names == [prepared[1].name, prepared[4].name]
+    assert all(prepared[i].name not in str(err.value) for i in (0, 2, 3))
+    kept = err.value.batch
+    assert kept.names == [prepared[i].name for i in (0, 2, 3)]
+    assert kept.image_keys == [prepared[i].key for i in (0, 2, 3)]
+    good = [0, 2, 3]
+    alone = ext.extract_prepared([prepared[i] for i in good], noise=tuple(x[good] for x in noise))
+    assert torch.equal(kept.features, alone.features)  # CPU: image by image, bit for bit
+    assert torch.isfinite(kept.features).all()
+
+
+def test_all_non_finite_keeps_nothing(tiny_components, tiny_config, rng):
+    ext = DiftExtractor(tiny_components, tiny_config)
+    prepared = ext.prepare([rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)])
+    with pytest.raises(FloatingPointError) as err:
+        ext.extract_prepared(prepared, noise=_explicit_noise(1, bad={0}))
+    assert err.value.names == [prepared[0].name] and err.value.batch is None
+
+
+def test_finiteness_is_read_once_per_call(tiny_components, tiny_config, rng, monkeypatch):
+    from dift_fast import extractor as extractor_module
+
+    reads = []
+    real = extractor_module._NonFiniteFlags.bad_indices
+    monkeypatch.setattr(
+        extractor_module._NonFiniteFlags, "bad_indices", lambda self, n: reads.append(n) or real(self, n)
+    )
+    ext = DiftExtractor(tiny_components, tiny_config.replace(batch_size=2))
+    ext.extract([rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(5)])  # three micro-batches
+    assert reads == [5]
+
+
+def test_configs_that_differ_only_in_batch_size_describe_the_same_extraction(tiny_components, tiny_config):
+    ext = DiftExtractor(tiny_components, tiny_config)  # resolves "auto" to a number
+    assert ext.config.batch_size == 1 and ext.config == tiny_config
+    assert DiftConfig(batch_size=4) == DiftConfig() and DiftConfig(tf32=True) != DiftConfig()
