@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .noise import DIFFUSION_STREAM, POSTERIOR_STREAM, ensemble_normals
+from .transfer import to_device
 
 
 def ensemble_noise(
@@ -74,10 +75,11 @@ def ensemble_latents(
     when ``diffusion_noise`` (see :func:`combine_latents` for what a missing stream means).
     """
     shape = tuple(mean.shape[1:])
-    eps1 = ensemble_noise(keys, seed, ensemble_size, shape, POSTERIOR_STREAM).to(mean.device) if posterior_noise \
-        else None
-    eps2 = ensemble_noise(keys, seed, ensemble_size, shape, DIFFUSION_STREAM).to(mean.device) if diffusion_noise \
-        else None
+    # drawn on the host; to a GPU through pinned memory, queued without a host wait (dift_fast.transfer)
+    eps1 = to_device(ensemble_noise(keys, seed, ensemble_size, shape, POSTERIOR_STREAM), mean.device) \
+        if posterior_noise else None
+    eps2 = to_device(ensemble_noise(keys, seed, ensemble_size, shape, DIFFUSION_STREAM), mean.device) \
+        if diffusion_noise else None
     x_t = combine_latents(mean.float(), std.float() if posterior_noise else None, eps1, eps2, sqrt_alpha,
                           sqrt_one_minus_alpha, scaling_factor, ensemble_size)
     return x_t.to(out_dtype)
@@ -89,7 +91,8 @@ def ensemble_reduce(
 ) -> torch.Tensor:  # [B, C, h, w] float32
     """Twin of the ``ensemble_reduce`` kernel: mean over E with float32 accumulation.
 
-    Members are summed in order e = 0..E-1 and divided by E once.
+    Members are summed in order e = 0..E-1 and divided by E once. The mean is contiguous NCHW whatever the
+    layout of ``feats`` (channels-last features give the same values, and the same norm after).
     """
     n, c, h, w = feats.shape
     if n % ensemble_size:
@@ -98,7 +101,7 @@ def ensemble_reduce(
     acc = grouped[:, 0].float().clone()
     for e in range(1, ensemble_size):
         acc += grouped[:, e].float()
-    return acc / ensemble_size
+    return (acc / ensemble_size).contiguous()
 
 
 def ensemble_reduce_normalized(

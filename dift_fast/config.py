@@ -18,6 +18,7 @@ TINY_MODEL = "tiny-random"
 NUM_TRAIN_TIMESTEPS = 1000
 DTYPES = ("fp32", "bf16", "fp16")
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
+AUTO_BATCH = "auto"  # batch_size: chosen from free GPU memory (dift_fast.batch_size)
 
 Dtype = Literal["fp32", "bf16", "fp16"]
 
@@ -46,9 +47,19 @@ class DiftConfig:
     seed: int = 0  # run seed of the noise contract (spec §3)
     # Images per micro-batch (each is E UNet samples). On CUDA one network call runs the whole micro-batch; on the
     # CPU the networks run image by image inside it, so features are bit-identical whatever the batch size.
-    batch_size: int = 1
+    # "auto": from free GPU memory and the networks' activations per image on CUDA (torch backend, fixed
+    # image_size); 1 on the CPU and for the other backends (dift_fast.batch_size). The extractor's config holds
+    # the number it resolved to. Not compared: configs that differ only in how many images share a network call
+    # describe the same extraction (the batch size is not part of the feature identity either).
+    batch_size: int | Literal["auto"] = field(default="auto", compare=False)
     backend: str = "torch"  # "torch", "onnxruntime" or "tensorrt"
     preset: str | None = field(default=None, compare=False)  # name of the preset it came from, for the record
+    # torch backend: torch.compile the truncated network and the encoder (CPU and CUDA; CUDA graphs on CUDA with a
+    # fixed image_size). Features within float rounding of eager; the first call per shape compiles (slow).
+    compile: bool = False
+    # torch backend, fp32 on CUDA: allow TF32 (10-bit mantissa) in convolutions and matmuls. Faster on Ampere and
+    # later, but ~1e-3 from fp32, so it is part of the feature identity. Off: real fp32.
+    tf32: bool = False
 
     def __post_init__(self) -> None:
         if self.image_size is not None:
@@ -130,7 +141,11 @@ def _validate(cfg: DiftConfig) -> None:
         _fail("device", cfg.device, "allowed are 'cpu', 'cuda', 'cuda:N' or None (CUDA when available)")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or not 0 <= cfg.seed < 2**64:
         _fail("seed", cfg.seed, "allowed are integers 0..2**64-1")
-    if not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool) or cfg.batch_size < 1:
-        _fail("batch_size", cfg.batch_size, "allowed are integers >= 1")
+    if cfg.batch_size != AUTO_BATCH and (not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool)
+                                         or cfg.batch_size < 1):
+        _fail("batch_size", cfg.batch_size, f"allowed are integers >= 1 or {AUTO_BATCH!r}")
     if cfg.backend not in BACKENDS:
         _fail("backend", cfg.backend, f"allowed are {', '.join(BACKENDS)}")
+    for name in ("compile", "tf32"):
+        if not isinstance(getattr(cfg, name), bool):
+            _fail(name, getattr(cfg, name), "allowed are True and False")

@@ -19,10 +19,11 @@ from ._torch_impl import combine_latents
 from .backbones.catalog import default_preset_for_model
 from .backend_options import BackendOptions, backend_options_for
 from .backends import TORCH_DTYPES, Backend, create_backend, placed_copy
-from .config import DiftConfig
+from .config import AUTO_BATCH, DiftConfig
 from .images import ImageLike, PreparedImage, expand_inputs, prepare_image
 from .loading import DiftComponents, load_components
 from .prompts import encode_prompt
+from .transfer import to_device
 
 __all__ = ["DiftExtractor", "FeatureBatch", "NonFiniteFeaturesError", "check_components_fit"]
 
@@ -30,7 +31,43 @@ logger = logging.getLogger(__name__)
 
 
 class NonFiniteFeaturesError(FloatingPointError):
-    """The network produced NaN or Inf features (usually fp16 overflow)."""
+    """The network produced NaN or Inf features (usually fp16 overflow) for some images of a call.
+
+    Attributes:
+        names: the images whose features are not finite.
+        batch: a :class:`FeatureBatch` of the call's other images (in order), or None when every image failed:
+            a caller can keep them without running them again.
+    """
+
+    def __init__(self, message: str, *, names: Sequence[str] = (), batch: FeatureBatch | None = None) -> None:
+        super().__init__(message)
+        self.names = list(names)
+        self.batch = batch
+
+
+class _NonFiniteFlags:
+    """One flag per image, "its features hold a NaN or Inf", kept on the features' device and read once.
+
+    Reading ``torch.isfinite(x).all()`` per micro-batch makes the host wait for the GPU to finish that micro-batch
+    before it queues the next one; the flags are instead computed on the device as each micro-batch's features
+    come out and read in one transfer when the call has queued all of them (:meth:`bad_indices`).
+    """
+
+    def __init__(self) -> None:
+        self._parts: list[tuple[int, torch.Tensor]] = []
+
+    def add(self, start: int, features: torch.Tensor) -> None:
+        """Flag images ``start .. start + len(features) - 1`` whose ``features`` [b, ...] are not all finite."""
+        self._parts.append((start, ~torch.isfinite(features).flatten(1).all(dim=1)))
+
+    def bad_indices(self, n: int) -> list[int]:
+        """Indices (0..n-1) of the flagged images: the one host read of the call."""
+        if not self._parts:
+            return []
+        bad = torch.zeros(n, dtype=torch.bool, device=self._parts[0][1].device)
+        for start, flags in self._parts:  # an image flagged by any of its parts (several blocks or timesteps)
+            bad[start : start + flags.shape[0]] |= flags
+        return bad.nonzero().flatten().tolist()
 
 
 def tiny_warning(model: str) -> str:
@@ -130,6 +167,9 @@ class DiftExtractor:
         self.dtype = resolve_dtype(config.dtype, self.device)
         # Validated here, before anything is built: a wrong option fails with its field named.
         self.backend_options = backend_options_for(config.backend, backend_options, **options)
+        if config.backend != "torch" and config.batch_size == AUTO_BATCH:
+            # the accelerated backends size engine profiles from the batch size: "auto" is 1 for them
+            self.config = config = config.replace(batch_size=1)
         self.backend: Backend = create_backend(config.backend, components, self.device, self.dtype,
                                                self.backend_options, config=config)
         self.geometry = self.backend.geometry
@@ -138,11 +178,23 @@ class DiftExtractor:
         self.text_encoder = (placed_copy(components.text_encoder, self.device)
                              if components.text_encoder is not None else None)
         self._prompt_cache: dict[str, torch.Tensor] = {}
+        if config.batch_size == AUTO_BATCH:  # the number "auto" means here (dift_fast.batch_size)
+            self.config = config = config.replace(batch_size=self._auto_batch_size())
         # On the CPU, run the networks image by image so results never depend on the batch (see _per_image).
         self.batch_invariant = self.device.type == "cpu"
         self.is_tiny = self.backbone.is_tiny
         if self.is_tiny:
             logger.warning(tiny_warning(config.model))
+
+    def _auto_batch_size(self) -> int:
+        """``batch_size="auto"`` for this extractor: 1 on the CPU, from free memory on CUDA."""
+        from .batch_size import resolve_batch_size
+
+        context_shape = None
+        if (self.text_encoder is not None and self.device.type == "cuda" and self.backend.name == "torch"
+                and self.config.image_size is not None):
+            context_shape = tuple(self.encode_prompt(self.config.prompt).shape)
+        return resolve_batch_size(self.config, self.backend, context_shape)
 
     @classmethod
     def from_pretrained(
@@ -285,6 +337,7 @@ class DiftExtractor:
 
             chunks = tqdm(chunks, total=-(-n // bs), desc="dift-fast extract", unit="batch")
         out = []
+        non_finite = _NonFiniteFlags()
         for start in chunks:
             stop = min(start + bs, n)
             pixels = torch.stack([p.pixels for p in prepared[start:stop]])
@@ -306,8 +359,8 @@ class DiftExtractor:
                     posterior_noise=has_encoder,
                     diffusion_noise=adds_noise,
                 )
-            else:
-                eps1, eps2 = (x[start:stop].to(mean.device, torch.float32) if x is not None else None for x in noise)
+            else:  # through pinned memory, queued without a host wait (dift_fast.transfer)
+                eps1, eps2 = (to_device(x[start:stop], mean.device).float() if x is not None else None for x in noise)
                 latents = combine_latents(
                     mean,
                     std,
@@ -325,17 +378,33 @@ class DiftExtractor:
             else:
                 feats = self._per_image(lambda x: self.backend.features(x, self.config.t, None), E, latents)
             reduced = ops.ensemble_reduce(feats, E)
-            if not torch.isfinite(reduced).all():
-                raise NonFiniteFeaturesError(
-                    f"non-finite features for images {[p.name for p in prepared[start:stop]]} in {self.dtype}; "
-                    "use dtype='bf16' or 'fp32' (fp16 can overflow in SD 2.x)"
-                )
+            non_finite.add(start, reduced)  # on the device: no host wait between micro-batches
             out.append(reduced.to(self.dtype) if keep_dtype else reduced)
-        return FeatureBatch(
+        batch = FeatureBatch(
             features=torch.cat(out),
             names=[p.name for p in prepared],
             original_sizes=[p.original_size for p in prepared],
             image_keys=keys,
+        )
+        self._raise_if_non_finite(batch, non_finite.bad_indices(n))
+        return batch
+
+    def _raise_if_non_finite(self, batch: FeatureBatch, bad: list[int]) -> None:
+        """Raise :class:`NonFiniteFeaturesError` naming the images ``bad``, carrying the other images' features."""
+        if not bad:
+            return
+        good = [i for i in range(len(batch.names)) if i not in set(bad)]
+        kept = None
+        if good:
+            index = torch.tensor(good, device=batch.features.device)
+            kept = FeatureBatch(batch.features.index_select(0, index), [batch.names[i] for i in good],
+                                [batch.original_sizes[i] for i in good], [batch.image_keys[i] for i in good])
+        names = [batch.names[i] for i in bad]
+        raise NonFiniteFeaturesError(
+            f"non-finite features for images {names} in {self.dtype}; use dtype='bf16' or 'fp32' (fp16 can overflow "
+            "in SD 2.x)",
+            names=names,
+            batch=kept,
         )
 
     def _per_image(self, fn: Any, rows: int, *tensors: torch.Tensor) -> Any:

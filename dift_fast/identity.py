@@ -16,11 +16,21 @@ What is in it, and why:
   differ by ~1e-3 relative, far above float rounding), the dtype of the graph that actually ran (the backend's, not
   the configured one: an export's dtype wins over ``--dtype``), and the device type (``cpu`` or ``cuda``: cuDNN
   runs fp32 convolutions in TF32 on recent GPUs unless told not to, ~1e-3 relative from the CPU's fp32);
-- the noise-contract version (:data:`dift_fast.noise.CONTRACT_VERSION`).
+- the noise-contract version (:data:`dift_fast.noise.CONTRACT_VERSION`);
+- ``"tf32": true`` when the torch backend ran fp32 on CUDA with TF32 allowed (``DiftConfig.tf32``): a 10-bit
+  mantissa in every convolution and matmul, ~1e-3 relative from fp32, as far from fp32 as another dtype. Recorded
+  only when true, so the identities of everything computed without TF32 are what they were before the field.
 
-Left out, because by the noise contract they do not change the features beyond float rounding: batch size, batch
-position, the device *index* (``cuda:0`` or ``cuda:1``), worker counts, file names and the model's name (a moved
-or renamed model folder with the same weights is the same model).
+Left out, because by the noise contract they do not change the features beyond float rounding: batch size
+(``"auto"`` included), batch position, the device *index* (``cuda:0`` or ``cuda:1``), worker counts, file names
+and the model's name (a moved or renamed model folder with the same weights is the same model). Also left out,
+because they choose among kernels that compute the same thing in the same dtype, which moves the features by the
+compute dtype's rounding (as the batch size does on CUDA, where it changes the cuBLAS/cuDNN algorithms):
+
+- ``compile`` (Inductor fuses elementwise chains and reorders reductions: <= 1e-5 relative in fp32, tested);
+- CUDA graphs (they replay the kernels they captured: bit-identical to the calls they record);
+- channels-last memory format and ``cudnn.benchmark`` (other convolution algorithms, same dtype);
+- the attention kernel (SDPA's fused kernels or the classic processor: fp32 scores in both, fp16 output).
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ __all__ = [
     "identity_digest",
     "model_identity_of",
     "ran_graph_dtype",
+    "ran_tf32",
 ]
 
 IDENTITY_FORMAT = "dift-fast-feature-identity/1"
@@ -112,6 +123,7 @@ def feature_identity(
     backend: str,
     graph_dtype: str,
     device_type: str,
+    tf32: bool = False,
 ) -> dict[str, Any]:
     """The identity of features computed with these settings (a JSON-ready dict; see the module docstring).
 
@@ -121,13 +133,16 @@ def feature_identity(
         backend: ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"``.
         graph_dtype: dtype of the graph that ran (``"fp32"``, ``"bf16"``, ``"fp16"``).
         device_type: ``"cpu"`` or ``"cuda"`` (not the index).
+        tf32: fp32 ran with TF32 (:func:`ran_tf32`); recorded only when True.
     """
     model = ModelIdentity.of(model)
     if graph_dtype not in _DTYPE_NAMES.values():
         raise ValueError(f"graph_dtype must be one of {sorted(_DTYPE_NAMES.values())}, got {graph_dtype!r}")
     if ":" in device_type:
         raise ValueError(f"device_type is 'cpu' or 'cuda', not a device with an index ({device_type!r})")
-    return {
+    if tf32 and graph_dtype != "fp32":
+        raise ValueError(f"tf32=True describes fp32 graphs, not {graph_dtype}")
+    identity = {
         "identity_format": IDENTITY_FORMAT,
         "backbone": model.backbone,
         "model_sha256": model.content_hash,
@@ -143,6 +158,19 @@ def feature_identity(
         "device_type": device_type,
         "noise_contract": CONTRACT_VERSION,
     }
+    if tf32:
+        identity["tf32"] = True
+    return identity
+
+
+def ran_tf32(backend: str, graph_dtype: str, device_type: str, config: Any) -> bool:
+    """Whether the features were computed with TF32: the torch backend, fp32, on CUDA, with ``config.tf32``.
+
+    (The accelerated backends are told nothing about TF32 by dift-fast; their backend name already separates
+    their identities from torch's.)
+    """
+    return backend == "torch" and graph_dtype == "fp32" and device_type == "cuda" and bool(getattr(config, "tf32",
+                                                                                                     False))
 
 
 def ran_graph_dtype(backend: str, dtype: str, options: Any = None) -> str:
@@ -162,6 +190,10 @@ def ran_graph_dtype(backend: str, dtype: str, options: Any = None) -> str:
 def extractor_identity(extractor: Any) -> dict[str, Any]:
     """The feature identity of what ``extractor`` computes (reads its model's weights once; cached after)."""
     config = extractor.config
+    graph_dtype = ran_graph_dtype(
+        extractor.backend.name, dtype_name(extractor.backend.dtype), getattr(extractor, "backend_options", None)
+    )
+    device_type = torch.device(extractor.device).type
     return feature_identity(
         model_identity_of(extractor),
         t=config.t,
@@ -171,10 +203,9 @@ def extractor_identity(extractor: Any) -> dict[str, Any]:
         seed=config.seed,
         image_size=config.image_size,
         backend=extractor.backend.name,
-        graph_dtype=ran_graph_dtype(
-            extractor.backend.name, dtype_name(extractor.backend.dtype), getattr(extractor, "backend_options", None)
-        ),
-        device_type=torch.device(extractor.device).type,
+        graph_dtype=graph_dtype,
+        device_type=device_type,
+        tf32=ran_tf32(extractor.backend.name, graph_dtype, device_type, config),
     )
 
 
@@ -211,6 +242,7 @@ def config_identity(config: Any, device: str | None = None, backend_options: Any
         backend=config.backend,
         graph_dtype=ran_graph_dtype(config.backend, graph_dtype, backend_options),
         device_type=dev.type,
+        tf32=ran_tf32(config.backend, ran_graph_dtype(config.backend, graph_dtype, backend_options), dev.type, config),
     )
 
 

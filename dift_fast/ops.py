@@ -20,6 +20,7 @@ import torch
 from . import _native, _torch_impl
 from ._native import NativeUnavailableError
 from .noise import DIFFUSION_STREAM, POSTERIOR_STREAM
+from .transfer import to_device
 
 __all__ = [
     "NativeUnavailableError",
@@ -180,9 +181,9 @@ def ensemble_latents(
 
 
 def _keys_tensor(keys: Sequence[int], device: torch.device) -> torch.Tensor:
-    """Image keys as int64 (the kernels read them as uint64)."""
+    """Image keys as int64 (the kernels read them as uint64), on ``device`` without a host wait (pinned copy)."""
     signed = [(k & _MASK64) - (1 << 64) if (k & _MASK64) >> 63 else k & _MASK64 for k in map(int, keys)]
-    return torch.tensor(signed, dtype=torch.int64).to(device)
+    return to_device(torch.tensor(signed, dtype=torch.int64), device)
 
 
 def _native_noise(native: ModuleType, keys_t: torch.Tensor, seed: int, ensemble_size: int, shape: tuple[int, ...],
@@ -241,17 +242,43 @@ def _reduce(
         if normalized:
             return _torch_impl.ensemble_reduce_normalized(feats, ensemble_size)
         return _torch_impl.ensemble_reduce(feats, ensemble_size), None
-    feats_in = _native_input(feats)
     n, c, h, w = feats.shape
+    nhwc = None if normalized else _channels_last_view(feats)
+    if nhwc is not None:
+        # The mean is per element over the E members: the kernel averages the NHWC buffer as it lies (a
+        # [N, h, w, C] tensor to it) with the same additions in the same order, so no copy of the E-times larger
+        # input; only the mean is transposed back to NCHW.
+        mean_nhwc = torch.empty((n // ensemble_size, h, w, c), dtype=torch.float32, device=feats.device)
+        _run_reduce(native, nhwc, mean_nhwc, None, ensemble_size)
+        return mean_nhwc.permute(0, 3, 1, 2).contiguous(), None
+    feats_in = _native_input(feats)
     mean = torch.empty((n // ensemble_size, c, h, w), dtype=torch.float32, device=feats.device)
     normed = (
         torch.empty((n // ensemble_size, h, w, c), dtype=torch.float32, device=feats.device) if normalized else None
     )
-    if feats.device.type == "cuda":
-        native.ensemble_reduce_cuda(feats_in, mean, normed, ensemble_size, stream=_stream(feats.device))
-    else:
-        native.ensemble_reduce_cpu(feats_in, mean, normed, ensemble_size, num_threads=torch.get_num_threads())
+    _run_reduce(native, feats_in, mean, normed, ensemble_size)
     return mean, normed
+
+
+def _channels_last_view(feats: torch.Tensor) -> torch.Tensor | None:
+    """``feats`` [N, C, h, w] stored channels-last, as the contiguous [N, h, w, C] tensor it is; else None.
+
+    (A tensor contiguous in both layouts, e.g. C = 1 or h = w = 1, is taken as NCHW.)
+    """
+    if feats.is_contiguous() or not feats.is_contiguous(memory_format=torch.channels_last):
+        return None
+    nhwc = feats.detach().permute(0, 2, 3, 1)
+    if nhwc.dtype not in _NATIVE_DTYPES:
+        nhwc = nhwc.float()
+    return nhwc if nhwc.is_contiguous() else None
+
+
+def _run_reduce(native: ModuleType, feats: torch.Tensor, mean: torch.Tensor, normed: torch.Tensor | None,
+                ensemble_size: int) -> None:
+    if feats.device.type == "cuda":
+        native.ensemble_reduce_cuda(feats, mean, normed, ensemble_size, stream=_stream(feats.device))
+    else:
+        native.ensemble_reduce_cpu(feats, mean, normed, ensemble_size, num_threads=torch.get_num_threads())
 
 
 def kernel_status() -> dict[str, Any]:

@@ -126,3 +126,129 @@ def test_non_finite_features_raise_on_cuda(make_extractor, dtype):
     with pytest.raises(FloatingPointError, match="non-finite"):
         ext.extract(random_images(1), noise=(bad, torch.zeros(shape)))
     assert torch.isfinite(ext.extract(random_images(1))).all()  # the extractor is still usable afterwards
+
+
+# -- issue 10: fp16 attention, channels-last, compile and CUDA graphs, TF32, batch_size="auto" --------------------
+
+
+def test_fp16_cuda_keeps_sdpa_and_is_close_to_fp32_cpu(make_extractor):
+    """Item 5: fp16 on CUDA runs SDPA's fused attention (no classic processor, no score tensor) and its features
+    stay within the fp16 bound of the CPU test of fp32."""
+    images = random_images(2, seed=4)
+    cpu = make_extractor("cpu", "fp32").extract(images)
+    fp16 = make_extractor("cuda", "fp16")
+    assert "classic" not in fp16.backend.attention, fp16.backend.attention
+    assert any(k in fp16.backend.attention for k in ("sdpa:flash", "sdpa:efficient", "sdpa:cudnn"))
+    out = fp16.extract(images)
+    assert torch.isfinite(out).all()
+    # fp16 keeps 11 mantissa bits (2^-12 relative per op): under a percent over the tiny model's ~20 layers, the
+    # bound of tests/test_engine.py::test_half_precision_is_close_to_fp32
+    assert relative_l2(out, cpu) < 0.01
+
+
+def test_fp16_cuda_uses_the_classic_processor_only_where_sdpa_runs_math(tiny_model_dir):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from dift_fast.backends import TorchBackend
+
+    comps = load_components(str(tiny_model_dir), None, 1)
+    with sdpa_kernel([SDPBackend.MATH]):
+        backend = TorchBackend(comps.network, None, torch.device("cuda"), torch.float16)
+    assert backend.attention.get("classic", 0) > 0
+    g = torch.Generator().manual_seed(0)
+    x, ctx = torch.randn(2, 4, 6, 8, generator=g), torch.randn(2, 77, 32, generator=g)
+    ref = TorchBackend(comps.network, None, torch.device("cpu"), torch.float32).features(x, 261, ctx)
+    assert relative_l2(backend.features(x.cuda(), 261, ctx.cuda()).float(), ref) < 0.01  # the fp16 bound above
+
+
+def test_channels_last_on_cuda_matches_nchw(tiny_model_dir):
+    from dift_fast.backends import TorchBackend
+
+    comps = load_components(str(tiny_model_dir), None, 1)
+    dev = torch.device("cuda")
+    fast = TorchBackend(comps.network, comps.encoder, dev, torch.float32)  # the CUDA default: channels-last
+    plain = TorchBackend(comps.network, comps.encoder, dev, torch.float32, channels_last=False)
+    assert fast.channels_last and not plain.channels_last
+    g = torch.Generator().manual_seed(1)
+    x, ctx = torch.randn(4, 4, 6, 8, generator=g).cuda(), torch.randn(4, 77, 32, generator=g).cuda()
+    out, ref = fast.features(x, 261, ctx), plain.features(x, 261, ctx)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    # other cuDNN algorithms for NHWC, fp32 without TF32: summation order only (~1e-6); 1e-5 as on the CPU
+    assert relative_l2(out, ref) < 1e-5
+    mean = ops.ensemble_reduce(out, 2)  # the kernel reads the NHWC buffer in place
+    assert mean.is_contiguous() and torch.equal(mean, ops.ensemble_reduce(out.contiguous(), 2))
+    images = torch.rand(2, 3, 48, 64, generator=g).cuda() * 2 - 1
+    (m1, s1), (m2, s2) = fast.encode(images), plain.encode(images)
+    assert m1.is_contiguous() and relative_l2(m1, m2) < 1e-5 and relative_l2(s1, s2) < 1e-5
+
+
+def test_compiled_network_replays_cuda_graphs_and_matches_eager(tiny_model_dir):
+    """compile=True on CUDA with static shapes: torch.compile(mode="reduce-overhead") records CUDA graphs; the
+    results equal eager within fp32 rounding, survive the next replay, and a smaller last batch runs too."""
+    from dift_fast.backends import TorchBackend
+
+    comps = load_components(str(tiny_model_dir), None, 1)
+    dev = torch.device("cuda")
+    eager = TorchBackend(comps.network, None, dev, torch.float32)
+    compiled = TorchBackend(comps.network, None, dev, torch.float32, compile=True, static_shapes=True)
+    assert compiled.compile_mode == "reduce-overhead"
+    g = torch.Generator().manual_seed(2)
+    batches = [(torch.randn(4, 4, 6, 8, generator=g).cuda(), torch.randn(4, 77, 32, generator=g).cuda())
+               for _ in range(3)]
+    batches.append((batches[0][0][:2], batches[0][1][:2]))  # the remainder of an extraction: another shape
+    outs = [compiled.features(x, 261, ctx) for x, ctx in batches]  # warm-up, record, replays
+    for (x, ctx), out in zip(batches, outs):
+        # Inductor's fused kernels: fp32 summation order only; 1e-5 as the CPU test of compile
+        assert relative_l2(out, eager.features(x, 261, ctx)) < 1e-5
+    assert relative_l2(outs[3], outs[0][:2]) < 1e-5
+
+
+def test_tf32_is_scoped_to_the_calls_and_named_in_the_identity(make_extractor):
+    from dift_fast.identity import extractor_identity
+    from dift_fast.run_flags import tf32_state
+
+    before = (torch.backends.cudnn.benchmark, tf32_state())
+    images = random_images(2, seed=5)
+    plain = make_extractor("cuda", "fp32")
+    tf32 = make_extractor("cuda", "fp32", tf32=True)
+    ref = plain.extract(images)
+    out = tf32.extract(images)
+    assert (torch.backends.cudnn.benchmark, tf32_state()) == before  # nothing left behind
+    # TF32 keeps a 10-bit mantissa (2^-11 relative per op): ~1e-3 over the tiny model; 1e-2 catches real defects
+    assert relative_l2(out, ref) < 1e-2
+    assert extractor_identity(tf32)["tf32"] is True and "tf32" not in extractor_identity(plain)
+
+
+def test_auto_batch_size_on_cuda_fits_and_gives_the_same_features(make_extractor):
+    auto = make_extractor("cuda", "fp32")  # batch_size defaults to "auto"
+    assert 1 <= auto.config.batch_size <= 32
+    images = random_images(5, seed=6)
+    single = make_extractor("cuda", "fp32", batch_size=1).extract(images)
+    # another batch: other cuDNN/cuBLAS algorithms, fp32 rounding only (test_batched_cuda_features_match_one_by_one)
+    assert relative_l2(auto.extract(images), single) < 1e-5
+
+
+def test_memory_estimate_bounds_the_measured_peak(tiny_model_dir):
+    """The meta-device estimate of one network row against torch's measured peak at 1024² (fp16): the estimate
+    with its safety margin covers the real peak (cuDNN workspaces included), and is not wildly above it."""
+    from dift_fast.backends import TorchBackend
+    from dift_fast.batch_size import MEMORY_FRACTION, estimate_per_image_memory
+
+    comps = load_components(str(tiny_model_dir), None, 1)
+    dev = torch.device("cuda")
+    backend = TorchBackend(comps.network, None, dev, torch.float16, channels_last=False)
+    est = estimate_per_image_memory(backend.network, None, backend.geometry, torch.float16, dev, (1024, 1024), 8,
+                                    (77, 32))
+    rows = 8
+    x = torch.randn(rows, 4, 128, 128, device=dev, dtype=torch.float16)
+    ctx = torch.randn(rows, 77, 32, device=dev, dtype=torch.float16)
+    backend.features(x, 261, ctx)  # warm-up: cuDNN handles and workspaces
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = backend.features(x, 261, ctx)
+    torch.cuda.synchronize()
+    measured = torch.cuda.max_memory_allocated() - base - out.numel() * out.element_size()
+    estimated = rows * est.network_row
+    assert measured <= estimated / MEMORY_FRACTION, (measured, estimated)
+    assert estimated <= 4 * max(measured, 1), (measured, estimated)

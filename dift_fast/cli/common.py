@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..backbones.catalog import default_preset_for_model, preset_card
-from ..config import DEFAULT_MODEL, DTYPES, PRESETS
+from ..config import AUTO_BATCH, DEFAULT_MODEL, DTYPES, PRESETS
 
 # What an option needs that is optional: (extra, the feature as the user names it, the modules; None: all the extra's)
 Need = tuple[str, str, tuple[str, ...] | None]
@@ -102,10 +102,25 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=None, help="noise seed (default 0)")
     g.add_argument(
         "--batch-size",
-        type=int,
+        type=parse_batch_size,
         default=None,
-        help="images per micro-batch: one network call on CUDA; on the CPU the networks still run image by image "
-        "(bit-identical features whatever the batch)",
+        help="images per micro-batch, or auto (default): one network call on CUDA, sized from free GPU memory by "
+        "auto; on the CPU the networks still run image by image (bit-identical features whatever the batch) and "
+        "auto is 1",
+    )
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch backend: torch.compile the networks (CPU and CUDA; CUDA graphs on CUDA with a fixed "
+        "--image-size); the first batch of each shape compiles, which takes a while",
+    )
+    g.add_argument(
+        "--tf32",
+        action="store_true",
+        default=None,
+        help="torch backend, fp32 on CUDA: allow TF32 in convolutions and matmuls (faster; features ~1e-3 from "
+        "fp32, so they get another feature identity)",
     )
     g.add_argument(
         "--backend", default=None, choices=("torch", "onnxruntime", "tensorrt"), help="what runs the networks"
@@ -123,6 +138,19 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 NATIVE_SIZE = "native"  # --image-size native: DiftConfig.image_size=None, each image keeps its size (floored)
+
+
+def parse_batch_size(text: str) -> int | str:
+    """``--batch-size``: a whole number >= 1 or ``auto``."""
+    if text.strip().lower() == AUTO_BATCH:
+        return AUTO_BATCH
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 or {AUTO_BATCH!r}, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 or {AUTO_BATCH!r}, got {text!r}")
+    return value
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -149,6 +177,8 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "seed",
         "batch_size",
         "backend",
+        "compile",
+        "tf32",
     ):
         value = getattr(args, field, None)
         if value is not None:

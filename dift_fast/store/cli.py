@@ -64,7 +64,7 @@ def job_from_args(args: argparse.Namespace):  # -> StoreJob
     return StoreJob(
         inputs=list(args.inputs), out=args.out, config=config, store_dtype=args.dtype_store, pca_dim=args.pca,
         pca_sample=args.pca_sample, overwrite=args.overwrite, resume=args.resume, decode_workers=args.decode_workers,
-        batch_size=args.batch_size, devices=_devices(args), ray_address=args.ray, ray_workers=args.ray_workers,
+        batch_size=None if args.batch_size == "auto" else args.batch_size, devices=_devices(args), ray_address=args.ray, ray_workers=args.ray_workers,
         progress=not args.no_progress, fsync=not args.no_fsync,
         backend_options=backend_options_for(config.backend, backend_options_from_args(args)),
     )
