@@ -10,7 +10,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from bench_presets import peak_activations  # noqa: E402
+from bench_presets import peak_activations
 
 
 def test_live_bytes_follow_creation_and_release():
