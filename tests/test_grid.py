@@ -30,8 +30,10 @@ def make(tiny_model_dir):
     bases = {
         "sd": ("spair", {"model": str(tiny_model_dir), "ensemble_size": 2, "image_size": (64, 48)}),
         "adm": ("adm-spair", {"model": "tiny-random-adm", "ensemble_size": 2, "image_size": (64, 96)}),
-        "cleandift": ("cleandift", {"model": str(tiny_model_dir), "unet_weights": str(tiny_cleandift_weights()),
-                                    "image_size": (64, 48)}),
+        "cleandift": (
+            "cleandift",
+            {"model": str(tiny_model_dir), "unet_weights": str(tiny_cleandift_weights()), "image_size": (64, 48)},
+        ),
     }
     cache: dict[tuple[str, int], object] = {}
 
@@ -81,10 +83,12 @@ def test_grid_cells_differ_across_t_and_blocks(make):
         size = (64, 96) if backbone == "adm" else (64, 48)
         blocks = (2, 4) if backbone == "adm" else (0, 1)
         grid = make(backbone, up_ft_index=max(blocks), image_size=size).extract_grid(
-            images(1, size), timesteps=(0, 500), blocks=blocks)
+            images(1, size), timesteps=(0, 500), blocks=blocks
+        )
         assert not torch.equal(grid[(0, blocks[1])], grid[(500, blocks[1])]), backbone  # t enters the network
         assert grid[(0, blocks[0])].shape != grid[(0, blocks[1])].shape or not torch.equal(
-            grid[(0, blocks[0])], grid[(0, blocks[1])])
+            grid[(0, blocks[0])], grid[(0, blocks[1])]
+        )
 
 
 def test_grid_at_any_batch_position_and_batch_size(make):
@@ -95,7 +99,8 @@ def test_grid_at_any_batch_position_and_batch_size(make):
             shuffled = [*pictures[:3], *pictures[4:]]
             shuffled.insert(pos, pictures[3])
             grid = make("sd", up_ft_index=2, batch_size=batch_size).extract_grid(
-                shuffled, timesteps=(51, 261), blocks=(1, 2))
+                shuffled, timesteps=(51, 261), blocks=(1, 2)
+            )
             for cell, feats in alone.items():
                 assert torch.equal(grid[cell][pos], feats[0]), (cell, batch_size, pos)
 
@@ -185,15 +190,23 @@ def test_non_finite_grid_names_the_cell(make):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_grid_equals_separate_extractions_on_cuda(tiny_model_dir):
-    torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32 here (cuDNN defaults to TF32 convolutions)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    base = {"model": str(tiny_model_dir), "ensemble_size": 2, "image_size": (64, 48), "device": "cuda",
-            "dtype": "fp32", "batch_size": 2}
+def test_grid_equals_separate_extractions_on_cuda(tiny_model_dir, monkeypatch):
+    # fp32 means fp32 here (cuDNN defaults to TF32 convolutions); monkeypatch restores the settings afterwards
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    base = {
+        "model": str(tiny_model_dir),
+        "ensemble_size": 2,
+        "image_size": (64, 48),
+        "device": "cuda",
+        "dtype": "fp32",
+        "batch_size": 2,
+    }
     comps = {k: load_components(DiftConfig.from_preset("spair", **base, up_ft_index=k)) for k in (0, 1, 2)}
     pictures = images(3, (64, 48))
     grid = DiftExtractor(comps[2], DiftConfig.from_preset("spair", **base, up_ft_index=2)).extract_grid(
-        pictures, timesteps=(0, 261), blocks=(0, 1, 2))
+        pictures, timesteps=(0, 261), blocks=(0, 1, 2)
+    )
     for (t, k), feats in grid.items():
         single = DiftExtractor(comps[k], DiftConfig.from_preset("spair", **base, t=t, up_ft_index=k)).extract(pictures)
         # The same kernels on the same shapes; only cuDNN's choice of algorithm may differ between the two
