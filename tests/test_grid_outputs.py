@@ -172,6 +172,8 @@ def test_store_grid_readers_and_refusals(tiny_model_dir, tmp_path, capsys):
         assert json.loads(f.attrs["dift_fast_identity"]) == cell.meta["identity"]
         for name in cell.names():
             assert np.array_equal(f[name]["dense_features"][()], cell.get(name).numpy())
+    result = export_h5(grid_dir, tmp_path / "d.h5", cell=(0, 1))
+    assert str(result) == str(tmp_path / "d.h5") and result.images == 2  # str() is the path, as os.fspath()
     with pytest.raises(ValueError, match="has no cell t=5, block 1"):
         export_h5(grid_dir, tmp_path / "x.h5", cell=(5, 1))
     with pytest.raises(FileNotFoundError, match=r"is a store grid.*t000-block1, t261-block1"):

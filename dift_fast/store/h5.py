@@ -41,6 +41,9 @@ class H5Export:
     def __fspath__(self) -> str:
         return os.fspath(self.path)
 
+    def __str__(self) -> str:  # str(result) is the path too (a test once wrote files named after the repr)
+        return os.fspath(self.path)
+
 
 def export_h5(
     store: FeatureStore | str | os.PathLike,
