@@ -86,13 +86,16 @@ def write_results(name: str, payload: dict[str, Any], table: str) -> Path:
     return path
 
 
-def random_components(config: Any, seed: int = 0) -> Any:
+def random_components(config: Any, seed: int = 0, *, blocks: Any = None) -> Any:
     """Random-weight :class:`~dift_fast.loading.DiftComponents` of a real-size architecture, for ``config``.
 
     Nothing is downloaded: SD and CleanDIFT are built from the packaged ``sd21`` configs (``config.model`` is that
     folder, or another diffusers config folder) with the tiny model's byte-level tokenizer (its ids stay inside the
     real vocabulary); ADM from the packaged ``adm256`` config (``config.model="adm"``). The networks are truncated
     after ``config.up_ft_index`` as the loader would; the weights are diffusers' random initialisation.
+
+    With ``blocks`` (SD only), a dict ``{k: DiftComponents}`` truncated after each block k, all views of one random
+    UNet (its modules shared, not copied) with one encoder and text encoder.
     """
     import gc
 
@@ -124,13 +127,17 @@ def random_components(config: Any, seed: int = 0) -> Any:
         name = "scheduler_config.json" if component == "scheduler" else "config.json"
         return json.loads((folder / component / name).read_text())
 
-    network = TruncatedUNet(UNet2DConditionModel.from_config(read("unet")), block)
+    full = UNet2DConditionModel.from_config(read("unet"))
+    networks = {k: TruncatedUNet(full, k) for k in (blocks if blocks is not None else [block])}
+    del full
     encoder = VaeEncoder(AutoencoderKL.from_config(read("vae")))
     text_cfg = {k: v for k, v in read("text_encoder").items() if k != "architectures"}
     text = CLIPTextModel(CLIPTextConfig(**text_cfg))
     tok_dir = Path("/tmp/dift-fast-bench-tokenizer")
     _write_tokenizer(tok_dir)
     gc.collect()
-    for module in (network, encoder, text):
+    for module in (*networks.values(), encoder, text):
         module.eval().requires_grad_(False)
-    return DiftComponents(backbone, block, network, encoder, text, CLIPTokenizer.from_pretrained(tok_dir))
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    made = {k: DiftComponents(backbone, k, net, encoder, text, tokenizer) for k, net in networks.items()}
+    return made if blocks is not None else made[block]

@@ -19,13 +19,13 @@ from ._torch_impl import combine_latents
 from .backbones.catalog import default_preset_for_model
 from .backend_options import BackendOptions, backend_options_for
 from .backends import TORCH_DTYPES, Backend, create_backend, placed_copy
-from .config import AUTO_BATCH, DiftConfig
+from .config import AUTO_BATCH, NUM_TRAIN_TIMESTEPS, DiftConfig
 from .images import ImageLike, PreparedImage, expand_inputs, prepare_image
 from .loading import DiftComponents, load_components
 from .prompts import encode_prompt
 from .transfer import to_device
 
-__all__ = ["DiftExtractor", "FeatureBatch", "NonFiniteFeaturesError", "check_components_fit"]
+__all__ = ["DiftExtractor", "FeatureBatch", "GridFeatureBatch", "NonFiniteFeaturesError", "check_components_fit"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +35,12 @@ class NonFiniteFeaturesError(FloatingPointError):
 
     Attributes:
         names: the images whose features are not finite.
-        batch: a :class:`FeatureBatch` of the call's other images (in order), or None when every image failed:
-            a caller can keep them without running them again.
+        batch: the call's other images (in order), or None when every image failed, so that a caller can keep
+            them without running them again: a :class:`FeatureBatch` from ``extract_prepared``, a
+            :class:`GridFeatureBatch` from ``extract_grid_prepared``.
     """
 
-    def __init__(self, message: str, *, names: Sequence[str] = (), batch: FeatureBatch | None = None) -> None:
+    def __init__(self, message: str, *, names: Sequence[str] = (), batch: Any = None) -> None:
         super().__init__(message)
         self.names = list(names)
         self.batch = batch
@@ -55,10 +56,18 @@ class _NonFiniteFlags:
 
     def __init__(self) -> None:
         self._parts: list[tuple[int, torch.Tensor]] = []
+        self._cells: list[Any] = []
 
-    def add(self, start: int, features: torch.Tensor) -> None:
-        """Flag images ``start .. start + len(features) - 1`` whose ``features`` [b, ...] are not all finite."""
+    def add(self, start: int, features: torch.Tensor, cell: Any = None) -> None:
+        """Flag images ``start .. start + len(features) - 1`` whose ``features`` [b, ...] (of ``cell``) are not all
+        finite."""
         self._parts.append((start, ~torch.isfinite(features).flatten(1).all(dim=1)))
+        self._cells.append(cell)
+
+    def cells_hit(self) -> list[Any]:
+        """The cells with a flagged image, in the order added (reads every flag: for the error path only)."""
+        hit = [cell for (_, flags), cell in zip(self._parts, self._cells) if bool(flags.any())]
+        return list(dict.fromkeys(hit))
 
     def bad_indices(self, n: int) -> list[int]:
         """Indices (0..n-1) of the flagged images: the one host read of the call."""
@@ -95,6 +104,30 @@ class FeatureBatch:
             raise TypeError(f"FeatureBatch[i] takes an image position (int), got {type(i).__name__}")
         i = range(len(self.names))[i]  # negative positions count from the end; IndexError past either end
         return ImageFeatures(self.features[i], self.names[i], self.original_sizes[i])
+
+
+@dataclass
+class GridFeatureBatch:
+    """Features of a batch of images at several (t, block) cells, with what is needed to use them.
+
+    ``features[(t, k)]`` is ``[B, C_k, h_k, w_k]``; :meth:`cell` gives one cell as a :class:`FeatureBatch`.
+    """
+
+    features: dict[tuple[int, int], torch.Tensor]
+    names: list[str]
+    original_sizes: list[tuple[int, int]]  # (width, height) of each input before resizing
+    image_keys: list[int]
+
+    @property
+    def cells(self) -> list[tuple[int, int]]:
+        """The (t, block) cells, in the order they were computed (t-major)."""
+        return list(self.features)
+
+    def cell(self, t: int, block: int) -> FeatureBatch:
+        """The features of cell (t, block) with the batch's names, sizes and noise keys."""
+        if (t, block) not in self.features:
+            raise KeyError(f"cell (t={t}, block={block}) was not extracted; the batch has {self.cells}")
+        return FeatureBatch(self.features[(t, block)], self.names, self.original_sizes, self.image_keys)
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -311,6 +344,147 @@ class DiftExtractor:
         progress: bool = False,
     ) -> FeatureBatch:
         """Like :meth:`extract` for already prepared images; returns features with names and original sizes."""
+        t, k = self.config.t, self.config.up_ft_index
+        try:
+            grid = self._run(prepared, prompt, {t: (k,)}, noise=noise, image_keys=image_keys, keep_dtype=keep_dtype,
+                             progress=progress, desc="dift-fast extract")
+        except NonFiniteFeaturesError as err:
+            if err.batch is not None:  # the other images' features, as this method returns them
+                err.batch = err.batch.cell(t, k)
+            raise
+        return grid.cell(t, k)
+
+    def extract_grid(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        timesteps: Sequence[int] | None = None,
+        blocks: Sequence[int] | None = None,
+        prompt: str | Sequence[str] | None = None,
+        *,
+        noise: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+        image_keys: Sequence[int] | None = None,
+        keep_dtype: bool = False,
+        progress: bool = False,
+    ) -> dict[tuple[int, int], torch.Tensor]:  # (t, k) -> [B, C_k, h_k, w_k]
+        """Features of ``images`` at every (t, block) of ``timesteps`` x ``blocks``, from one pass per t.
+
+        The encoder runs once per image for all timesteps; the network runs once per (image, t, ensemble member),
+        up to the deepest block asked for, and every shallower block comes from that same pass. The noise does not
+        depend on t or the block (spec §3), so ``result[(t, k)]`` equals, bit for bit on the CPU, what
+        :meth:`extract` returns with ``t`` and ``up_ft_index=k`` (within rounding on CUDA).
+
+        Example:
+            >>> ext = DiftExtractor.from_pretrained(preset="spair", up_ft_index=3)  # the grid's deepest block
+            >>> grid = ext.extract_grid(["cat.jpg"], timesteps=(101, 261), blocks=(1, 2, 3))
+            >>> grid[(261, 1)].shape  # [1, 1280, 48, 48], equal to extract() with t=261, up_ft_index=1
+
+        Args:
+            timesteps: the t's, each 0..999 (default: the config's t).
+            blocks: feature blocks, none deeper than the block this extractor's network was loaded for
+                (``config.up_ft_index``: load it with the grid's deepest block). Default: that block. A backend
+                running an ONNX export computes only its exported block (at any t).
+            prompt, noise, image_keys, keep_dtype, progress: as in :meth:`extract` (one noise for every t).
+
+        Returns:
+            ``{(t, k): [B, C_k, h_k, w_k]}`` for every t and k.
+        """
+        return self.extract_grid_prepared(
+            self.prepare(images), timesteps, blocks, prompt, noise=noise, image_keys=image_keys,
+            keep_dtype=keep_dtype, progress=progress,
+        ).features
+
+    def extract_grid_prepared(
+        self,
+        prepared: Sequence[PreparedImage],
+        timesteps: Sequence[int] | None = None,
+        blocks: Sequence[int] | None = None,
+        prompt: str | Sequence[str] | None = None,
+        *,
+        cells: Sequence[tuple[int, int]] | None = None,
+        noise: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+        image_keys: Sequence[int] | None = None,
+        keep_dtype: bool = False,
+        progress: bool = False,
+    ) -> GridFeatureBatch:
+        """Like :meth:`extract_grid` for prepared images; returns the features with names and original sizes.
+
+        Args:
+            cells: explicit (t, block) pairs instead of the product ``timesteps`` x ``blocks`` (a grid that is not
+                a product, e.g. the cells a resumed sweep still lacks); each t's pass runs to its deepest block.
+        """
+        return self._run(prepared, prompt, self.grid_plan(timesteps, blocks, cells), noise=noise,
+                         image_keys=image_keys, keep_dtype=keep_dtype, progress=progress, desc="dift-fast grid")
+
+    def grid_plan(
+        self,
+        timesteps: Sequence[int] | None = None,
+        blocks: Sequence[int] | None = None,
+        cells: Sequence[tuple[int, int]] | None = None,
+    ) -> dict[int, tuple[int, ...]]:
+        """``{t: (k, ...)}``: the blocks taken from each t's pass, checked against this extractor.
+
+        Raises:
+            ValueError: a t outside 0..999, a block the backbone does not have or deeper than the loaded network,
+                a block other than the exported one on a backend that runs an export, or an empty grid.
+        """
+        if cells is not None:
+            if timesteps is not None or blocks is not None:
+                raise ValueError("give either cells or timesteps and blocks, not both")
+            pairs = [tuple(c) for c in cells]
+            if any(len(c) != 2 for c in pairs):
+                raise ValueError(f"cells must be (t, block) pairs, got {list(cells)[:5]}")
+        else:
+            ts = [self.config.t] if timesteps is None else list(timesteps)
+            ks = [self.components.block] if blocks is None else list(blocks)
+            pairs = [(t, k) for t in ts for k in ks]
+        if not pairs:
+            raise ValueError("the grid is empty: give at least one timestep and one block")
+        plan: dict[int, list[int]] = {}
+        for t, k in pairs:
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < NUM_TRAIN_TIMESTEPS:
+                raise ValueError(f"timestep {t!r} is invalid: allowed are integers 0..{NUM_TRAIN_TIMESTEPS - 1}")
+            self.backbone.check_block(k)
+            if k > self.components.block:
+                deepest = max(kk for _, kk in pairs)
+                raise ValueError(
+                    f"block {k} is deeper than this extractor's network, which stops after block "
+                    f"{self.components.block} (its up_ft_index); load it for the grid's deepest block: "
+                    f"DiftExtractor.from_pretrained(..., up_ft_index={deepest})"
+                )
+            if k not in plan.setdefault(t, []):
+                plan[t].append(k)
+        other = sorted({k for ks in plan.values() for k in ks} - {self.components.block})
+        if other and not self._backend_takes_blocks():
+            raise ValueError(
+                f"backend {self.backend.name!r} runs a network that returns block {self.components.block} only, so "
+                f"blocks {other} cannot come from its pass; use backend='torch' for a grid over blocks (a grid over "
+                "timesteps works on every backend)"
+            )
+        return {t: tuple(sorted(ks)) for t, ks in plan.items()}
+
+    def _backend_takes_blocks(self) -> bool:
+        """True when the backend's ``features`` returns several blocks from one pass (``blocks=``)."""
+        import inspect
+
+        try:
+            return "blocks" in inspect.signature(self.backend.features).parameters
+        except (TypeError, ValueError):
+            return False
+
+    def _run(
+        self,
+        prepared: Sequence[PreparedImage],
+        prompt: str | Sequence[str] | None,
+        plan: dict[int, tuple[int, ...]],
+        *,
+        noise: tuple[torch.Tensor | None, torch.Tensor | None] | None,
+        image_keys: Sequence[int] | None,
+        keep_dtype: bool,
+        progress: bool,
+        desc: str,
+    ) -> GridFeatureBatch:
+        """The one extraction loop (``extract`` is a grid of one cell). Per micro-batch: the encoder once, then per
+        t of ``plan`` one network pass to its deepest block, the ensemble mean of each block and the finite check."""
         n = len(prepared)
         if n == 0:
             raise ValueError("no images to extract")
@@ -329,14 +503,16 @@ class DiftExtractor:
                              f"(e.g. {max(m, width // m * m)}x{max(m, height // m * m)})")
         if noise is not None:
             self._check_noise(noise, prepared)
-        has_encoder, adds_noise = self.backbone.has_encoder, self.schedule.adds_noise
+        has_encoder = self.backbone.has_encoder
         E, bs = self.config.ensemble_size, self.config.batch_size
+        # The noise is the same at every t (spec §3): x_t depends on t only through the schedule's coefficients.
+        coefficients = {t: self.schedule.coefficients(t) for t in plan}
         chunks = range(0, n, bs)
         if progress:
             from tqdm.auto import tqdm
 
-            chunks = tqdm(chunks, total=-(-n // bs), desc="dift-fast extract", unit="batch")
-        out = []
+            chunks = tqdm(chunks, total=-(-n // bs), desc=desc, unit="batch")
+        out: dict[tuple[int, int], list[torch.Tensor]] = {(t, k): [] for t, ks in plan.items() for k in ks}
         non_finite = _NonFiniteFlags()
         for start in chunks:
             stop = min(start + bs, n)
@@ -345,79 +521,121 @@ class DiftExtractor:
                 mean, std = self._per_image(self.backend.encode, 1, pixels)
             else:  # pixel space: the image is the diffusion-space sample
                 mean, std = pixels.to(self.device, torch.float32), None
-            if noise is None:
-                latents = ops.ensemble_latents(
-                    mean,
-                    std,
-                    keys[start:stop],
-                    self.config.seed,
-                    E,
-                    self.sqrt_alpha,
-                    self.sqrt_one_minus_alpha,
-                    self.geometry.scaling_factor,
-                    out_dtype=self.backend.dtype,
-                    posterior_noise=has_encoder,
-                    diffusion_noise=adds_noise,
-                )
-            else:  # through pinned memory, queued without a host wait (dift_fast.transfer)
-                eps1, eps2 = (to_device(x[start:stop], mean.device).float() if x is not None else None for x in noise)
-                latents = combine_latents(
-                    mean,
-                    std,
-                    eps1,
-                    eps2,
-                    self.sqrt_alpha,
-                    self.sqrt_one_minus_alpha,
-                    self.geometry.scaling_factor,
-                    E,
-                ).to(self.backend.dtype)
+            eps = None
+            if noise is not None:
+                # through pinned memory, queued without a host wait (dift_fast.transfer)
+                eps = tuple(to_device(x[start:stop], mean.device).float() if x is not None else None for x in noise)
+            context = None
             if self.text_encoder is not None:
                 context = torch.stack([self.encode_prompt(p) for p in prompts[start:stop]])
                 context = context.repeat_interleave(E, dim=0)
-                feats = self._per_image(lambda x, c: self.backend.features(x, self.config.t, c), E, latents, context)
-            else:
-                feats = self._per_image(lambda x: self.backend.features(x, self.config.t, None), E, latents)
-            reduced = ops.ensemble_reduce(feats, E)
-            non_finite.add(start, reduced)  # on the device: no host wait between micro-batches
-            out.append(reduced.to(self.dtype) if keep_dtype else reduced)
-        batch = FeatureBatch(
-            features=torch.cat(out),
+            latents, latents_at = None, None
+            for t, blocks in plan.items():
+                if coefficients[t] != latents_at:  # the same coefficients (a schedule without noise): the same x_t
+                    latents_at = coefficients[t]
+                    latents = self._latents(mean, std, keys[start:stop], eps, *latents_at)
+                feats = self._network(latents, t, context, blocks)
+                for k in blocks:
+                    reduced = ops.ensemble_reduce(feats.pop(k), E)
+                    non_finite.add(start, reduced, (t, k))  # on the device: no host wait between micro-batches
+                    out[(t, k)].append(reduced.to(self.dtype) if keep_dtype else reduced)
+        batch = GridFeatureBatch(
+            features={cell: torch.cat(parts) for cell, parts in out.items()},
             names=[p.name for p in prepared],
             original_sizes=[p.original_size for p in prepared],
             image_keys=keys,
         )
-        self._raise_if_non_finite(batch, non_finite.bad_indices(n))
+        bad = non_finite.bad_indices(n)  # the call's one host read
+        if bad:
+            self._raise_non_finite(batch, bad, non_finite.cells_hit() if len(out) > 1 else [])
         return batch
 
-    def _raise_if_non_finite(self, batch: FeatureBatch, bad: list[int]) -> None:
-        """Raise :class:`NonFiniteFeaturesError` naming the images ``bad``, carrying the other images' features."""
-        if not bad:
-            return
+    def _raise_non_finite(self, batch: GridFeatureBatch, bad: list[int], cells: list[tuple[int, int]]) -> None:
+        """Raise :class:`NonFiniteFeaturesError` naming the images ``bad`` (and, for a grid, the ``cells`` hit),
+        carrying the other images' features."""
         good = [i for i in range(len(batch.names)) if i not in set(bad)]
         kept = None
         if good:
-            index = torch.tensor(good, device=batch.features.device)
-            kept = FeatureBatch(batch.features.index_select(0, index), [batch.names[i] for i in good],
-                                [batch.original_sizes[i] for i in good], [batch.image_keys[i] for i in good])
+            index = torch.tensor(good, device=next(iter(batch.features.values())).device)
+            kept = GridFeatureBatch({cell: f.index_select(0, index) for cell, f in batch.features.items()},
+                                    [batch.names[i] for i in good], [batch.original_sizes[i] for i in good],
+                                    [batch.image_keys[i] for i in good])
         names = [batch.names[i] for i in bad]
+        where = "".join(f" at t={t}, block {k}" for t, k in cells[:1]) + (
+            f" (and {len(cells) - 1} more cells)" if len(cells) > 1 else "")
         raise NonFiniteFeaturesError(
-            f"non-finite features for images {names} in {self.dtype}; use dtype='bf16' or 'fp32' (fp16 can overflow "
-            "in SD 2.x)",
+            f"non-finite features for images {names}{where} in {self.dtype}; use dtype='bf16' or 'fp32' (fp16 can "
+            "overflow in SD 2.x)",
             names=names,
             batch=kept,
         )
+
+    def _latents(
+        self,
+        mean: torch.Tensor,
+        std: torch.Tensor | None,
+        keys: Sequence[int],
+        eps: tuple[torch.Tensor | None, torch.Tensor | None] | None,
+        sqrt_alpha: float,
+        sqrt_one_minus_alpha: float,
+    ) -> torch.Tensor:  # [n*E, c, h, w] in the backend's dtype
+        """x_t of every ensemble member at these coefficients: the contract's noise, or the explicit ``eps``."""
+        if eps is None:
+            return ops.ensemble_latents(
+                mean,
+                std,
+                keys,
+                self.config.seed,
+                self.config.ensemble_size,
+                sqrt_alpha,
+                sqrt_one_minus_alpha,
+                self.geometry.scaling_factor,
+                out_dtype=self.backend.dtype,
+                posterior_noise=self.backbone.has_encoder,
+                diffusion_noise=self.schedule.adds_noise,
+            )
+        return combine_latents(
+            mean,
+            std,
+            eps[0],
+            eps[1],
+            sqrt_alpha,
+            sqrt_one_minus_alpha,
+            self.geometry.scaling_factor,
+            self.config.ensemble_size,
+        ).to(self.backend.dtype)
+
+    def _network(
+        self, latents: torch.Tensor, t: int, context: torch.Tensor | None, blocks: tuple[int, ...]
+    ) -> dict[int, torch.Tensor]:  # k -> [n*E, C_k, h_k, w_k]
+        """One network pass at ``t`` to the deepest of ``blocks`` (image by image on the CPU); each block's output.
+
+        The loaded network's own block alone is asked for the plain way (every backend's ``features``); several
+        blocks, or a shallower one, go through ``blocks=`` (the torch backend).
+        """
+        if blocks == (self.components.block,):
+            def run(x: torch.Tensor, c: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+                return {blocks[0]: self.backend.features(x, t, c)}
+        else:
+            def run(x: torch.Tensor, c: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+                return self.backend.features(x, t, c, blocks=blocks)
+        E = self.config.ensemble_size
+        return self._per_image(run, E, latents) if context is None else self._per_image(run, E, latents, context)
 
     def _per_image(self, fn: Any, rows: int, *tensors: torch.Tensor) -> Any:
         """Run ``fn`` on the whole micro-batch, or image by image (``rows`` rows each) when batch-invariant.
 
         CPU BLAS picks its blocking from the batch size, so a network call on 5 images rounds differently from
         one on 1 image. Image-by-image calls make CPU features bit-identical whatever the batch size or position.
+        ``fn`` returns a tensor, a tuple or a dict of tensors; the parts are concatenated alike.
         """
         if not self.batch_invariant or tensors[0].shape[0] == rows:
             return fn(*tensors)
         parts = [fn(*(t[i : i + rows] for t in tensors)) for i in range(0, tensors[0].shape[0], rows)]
         if isinstance(parts[0], tuple):
             return tuple(torch.cat(p) for p in zip(*parts))
+        if isinstance(parts[0], dict):
+            return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         return torch.cat(parts)
 
     def _prompts(self, prompt: str | Sequence[str] | None, n: int) -> list[str]:

@@ -187,8 +187,12 @@ def ran_graph_dtype(backend: str, dtype: str, options: Any = None) -> str:
     return dtype
 
 
-def extractor_identity(extractor: Any) -> dict[str, Any]:
-    """The feature identity of what ``extractor`` computes (reads its model's weights once; cached after)."""
+def extractor_identity(extractor: Any, *, t: int | None = None, block: int | None = None) -> dict[str, Any]:
+    """The feature identity of what ``extractor`` computes (reads its model's weights once; cached after).
+
+    ``t`` and ``block`` name one cell of a grid (``extractor.extract_grid``) instead of the config's t and
+    block: a cell's features equal those of an extractor configured for it, so they share its identity.
+    """
     config = extractor.config
     graph_dtype = ran_graph_dtype(
         extractor.backend.name, dtype_name(extractor.backend.dtype), getattr(extractor, "backend_options", None)
@@ -196,8 +200,8 @@ def extractor_identity(extractor: Any) -> dict[str, Any]:
     device_type = torch.device(extractor.device).type
     return feature_identity(
         model_identity_of(extractor),
-        t=config.t,
-        block=config.up_ft_index,
+        t=config.t if t is None else t,
+        block=config.up_ft_index if block is None else block,
         ensemble_size=config.ensemble_size,
         prompt=config.prompt,
         seed=config.seed,
@@ -209,7 +213,10 @@ def extractor_identity(extractor: Any) -> dict[str, Any]:
     )
 
 
-def config_identity(config: Any, device: str | None = None, backend_options: Any = None) -> dict[str, Any]:
+def config_identity(
+    config: Any, device: str | None = None, backend_options: Any = None, *, t: int | None = None,
+    block: int | None = None,
+) -> dict[str, Any]:
     """The feature identity an extractor built from ``config`` on ``device`` will have, without loading it.
 
     For runs that must know the identity before (or without) loading a model: the parent of a multi-device store
@@ -217,6 +224,7 @@ def config_identity(config: Any, device: str | None = None, backend_options: Any
     (``Backbone.model_identity``: hashed once, cached) and, for an accelerated backend given an existing export,
     that export's dtype is the one that will run. Whoever later loads the extractor
     checks :func:`extractor_identity` against it, so a wrong prediction is refused rather than mixed in.
+    ``t`` and ``block`` name one cell of a grid, as in :func:`extractor_identity`.
     """
     from .backbones.registry import backbone_for
     from .extractor import resolve_device, resolve_dtype
@@ -233,8 +241,8 @@ def config_identity(config: Any, device: str | None = None, backend_options: Any
                 pass  # the backend refuses the export with its own message when it loads it
     return feature_identity(
         backbone_for(config).model_identity(),
-        t=config.t,
-        block=config.up_ft_index,
+        t=config.t if t is None else t,
+        block=config.up_ft_index if block is None else block,
         ensemble_size=config.ensemble_size,
         prompt=config.prompt,
         seed=config.seed,

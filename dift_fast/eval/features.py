@@ -5,6 +5,11 @@ settings that change the numbers, and what ran: backend, graph dtype, device typ
 file per image, named by a hash of the image's identity string. A CPU fp32 run and a GPU bf16 run therefore never
 share entries. Files are written atomically (:mod:`dift_fast.atomic`), so an interrupted run leaves only
 complete entries behind.
+
+A :class:`GridFeatureCache` is one such cache per (t, block) cell of a grid (``dift-fast sweep``). Its cell caches
+are ordinary :class:`FeatureCache` s, handed to the unchanged benchmark runners; when a runner asks
+:func:`ensure_features` for an image, every cell that lacks it is computed from one network pass per t
+(``extract_grid_prepared``), so the runners of the other cells find it cached.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from ..atomic import atomic_path, write_atomic
 from ..identity import extractor_identity, identity_digest
 from ..images import PreparedImage
 
-__all__ = ["FeatureCache", "ImageItem", "ensure_features", "file_identity"]
+__all__ = ["FeatureCache", "GridFeatureCache", "ImageItem", "ensure_features", "file_identity"]
 
 
 @dataclass
@@ -69,6 +74,11 @@ class FeatureCache:
             write_atomic(meta, json.dumps(self.identity, indent=1, sort_keys=True) + "\n")
         self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._memory_items = memory_items
+        self.grid: GridFeatureCache | None = None  # set when this cache is one cell of a grid
+
+    def clear_memory(self) -> None:
+        """Forget the in-memory copies (the files stay)."""
+        self._memory.clear()
 
     def path(self, ident: str) -> Path:
         digest = hashlib.blake2b(ident.encode(), digest_size=16).hexdigest()
@@ -115,8 +125,11 @@ def ensure_features(
     """Compute and cache the features of every item that is not cached yet; returns how many were computed.
 
     Items are extracted ``config.batch_size`` at a time and each batch is written before the next starts, so an
-    interrupted run resumes where it stopped. Items with the same identity are computed once.
+    interrupted run resumes where it stopped. Items with the same identity are computed once. When ``cache`` is a
+    cell of a :class:`GridFeatureCache`, every cell of the grid is filled in the same pass (:meth:`GridFeatureCache.ensure`).
     """
+    if cache.grid is not None:
+        return cache.grid.ensure(items, progress=progress, desc=desc)
     seen: set[str] = set()
     missing = []
     for item in items:
@@ -142,3 +155,69 @@ def ensure_features(
         bar.update(len(chunk))
     bar.close()
     return len(missing)
+
+
+class GridFeatureCache:
+    """One :class:`FeatureCache` per (t, block) cell, filled together from one network pass per image and t.
+
+    Args:
+        root: the cache folder (each cell's features go to its identity's sub-folder, shared with ``dift-fast
+            eval``: a cell's features are those of an extractor configured for it).
+        extractor: the grid's extractor (its network loaded for the grid's deepest block).
+        cells: the (t, block) cells.
+    """
+
+    def __init__(self, root: str | os.PathLike, extractor: Any, cells: Sequence[tuple[int, int]],
+                 memory_items: int = 64) -> None:
+        from ..identity import extractor_identity
+
+        extractor.grid_plan(cells=list(cells))  # every cell computable by this extractor (else ValueError)
+        self.extractor = extractor
+        self.caches: dict[tuple[int, int], FeatureCache] = {}
+        for t, k in cells:
+            cache = FeatureCache(root, extractor_identity(extractor, t=t, block=k), memory_items)
+            cache.grid = self
+            self.caches[(t, k)] = cache
+
+    def cell(self, t: int, block: int) -> FeatureCache:
+        """The cache of cell (t, block) (a plain :class:`FeatureCache` for the runners)."""
+        return self.caches[(t, block)]
+
+    def ensure(self, items: Sequence[ImageItem], *, progress: bool = True, desc: str = "features") -> int:
+        """Compute and cache, for every item, the cells that lack it, all from one pass per image and t; returns how
+        many images were computed. A batch asks for the cells any of its images lacks; each image's map is stored
+        only in the cells that lacked it."""
+        seen: set[str] = set()
+        missing: list[tuple[ImageItem, list[tuple[int, int]]]] = []
+        for item in items:
+            if item.ident in seen:
+                continue
+            seen.add(item.ident)
+            lacking = [cell for cell, cache in self.caches.items() if item.ident not in cache]
+            if lacking:
+                missing.append((item, lacking))
+        if not missing:
+            return 0
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(missing), desc=f"{desc} ({len(self.caches)} cells)", unit="img", disable=not progress)
+        bs = self.extractor.config.batch_size
+        for start in range(0, len(missing), bs):
+            chunk = missing[start : start + bs]
+            prepared = [item.load() for item, _ in chunk]
+            by_shape: dict[tuple[int, ...], list[int]] = {}
+            for i, p in enumerate(prepared):  # one network call needs one size
+                by_shape.setdefault(tuple(p.pixels.shape), []).append(i)
+            for idx in by_shape.values():
+                wanted = {cell for i in idx for cell in chunk[i][1]}
+                cells = [cell for cell in self.caches if cell in wanted]
+                batch = self.extractor.extract_grid_prepared(
+                    [prepared[i] for i in idx], prompt=[chunk[i][0].prompt for i in idx], cells=cells
+                )
+                for j, i in enumerate(idx):
+                    item, lacking = chunk[i]
+                    for cell in lacking:
+                        self.caches[cell].put(item.ident, batch.features[cell][j])
+            bar.update(len(chunk))
+        bar.close()
+        return len(missing)

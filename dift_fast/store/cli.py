@@ -55,18 +55,24 @@ def _devices(args: argparse.Namespace) -> list[str] | None:
 def job_from_args(args: argparse.Namespace):  # -> StoreJob
     from ..backend_options import backend_options_for
     from ..cli.common import backend_options_from_args, config_overrides, resolved_preset
+    from ..cli.grid_options import grid_from_args
     from ..config import DiftConfig
+    from ..grid import grid_cells, grid_config
     from .job import StoreJob
 
     overrides = config_overrides(args)
     overrides.pop("batch_size", None)  # store mode sizes batches itself (auto on CUDA) unless --batch-size is given
     config = DiftConfig.from_preset(resolved_preset(args), **overrides)
+    grid = grid_from_args(args, config)
+    if grid is not None:  # one store per (t, block) cell under --out, from one pass per image and t
+        config = grid_config(config, *grid)
     return StoreJob(
         inputs=list(args.inputs), out=args.out, config=config, store_dtype=args.dtype_store, pca_dim=args.pca,
         pca_sample=args.pca_sample, overwrite=args.overwrite, resume=args.resume, decode_workers=args.decode_workers,
         batch_size=None if args.batch_size == "auto" else args.batch_size, devices=_devices(args), ray_address=args.ray, ray_workers=args.ray_workers,
         progress=not args.no_progress, fsync=not args.no_fsync,
         backend_options=backend_options_for(config.backend, backend_options_from_args(args)),
+        cells=grid_cells(*grid) if grid is not None else None,
     )
 
 
@@ -86,7 +92,8 @@ def run_store_extract(args: argparse.Namespace) -> int:
         print(f"dift-fast extract: stopped: {err}", file=sys.stderr)
         return EXIT_DISK_FULL
     rate = summary.written / summary.seconds if summary.seconds > 0 else 0.0
-    print(f"store {summary.store.root}: {summary.total} images; {summary.skipped + summary.adopted} already stored, "
+    cells = f" ({len(job.cells)} (t, block) cells)" if job.cells is not None else ""
+    print(f"store {summary.store.root}{cells}: {summary.total} images; {summary.skipped + summary.adopted} already stored, "
           f"{summary.written} written, {len(summary.failed)} failed ({summary.seconds:.1f} s, {rate:.2f} img/s)")
     if summary.times.images:
         print(f"  {summary.times.postfix()}, batch size {summary.batch_size}")

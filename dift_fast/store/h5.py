@@ -41,6 +41,9 @@ class H5Export:
     def __fspath__(self) -> str:
         return os.fspath(self.path)
 
+    def __str__(self) -> str:  # str(result) is the path too (a test once wrote files named after the repr)
+        return os.fspath(self.path)
+
 
 def export_h5(
     store: FeatureStore | str | os.PathLike,
@@ -49,17 +52,24 @@ def export_h5(
     *,
     overwrite: bool = False,
     dataset: str = "dense_features",
+    cell: tuple[int, int] | None = None,
 ) -> H5Export:
     """Write the store's images (all, or ``names``) to ``out``, image by image.
 
     The file is written under a temporary name and renamed, so an interrupted export leaves no partial file.
     Images whose feature file is damaged (checksum mismatch) are skipped and reported in the result.
+
+    Args:
+        cell: ``(t, block)`` when ``store`` is a store grid (a folder of one store per cell, docs/store.md): the
+            cell to export (hloc's layout has one map per image). May be left out for a grid of one cell.
     """
     from ..extras import import_extra
 
     h5py = import_extra("h5py", "HDF5 export", extra="colmap")
     if not isinstance(store, FeatureStore):
-        store = FeatureStore.open(store)
+        store = _open_store_or_cell(store, cell)
+    elif cell is not None:
+        raise ValueError("cell applies to a store grid; this is a feature store of one (t, block) cell")
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
@@ -84,3 +94,25 @@ def export_h5(
             grp.create_dataset("image_size", data=np.array(entries[name].original_size, dtype=np.int64))
         fd.attrs["dift_fast_skipped"] = json.dumps(skipped, sort_keys=True)
     return H5Export(out, len(names) - len(skipped), skipped)
+
+
+def _open_store_or_cell(path: str | os.PathLike, cell: tuple[int, int] | None) -> FeatureStore:
+    """The store at ``path``, or cell ``cell`` of the store grid there (the only cell when a grid has one)."""
+    from ..grid import cell_label
+    from .grid import StoreGrid, is_store_grid
+
+    if not is_store_grid(path):
+        if cell is not None:
+            raise ValueError(f"{path} is a feature store of one (t, block) cell, not a grid: drop the cell")
+        return FeatureStore.open(path)
+    grid = StoreGrid.open(path)
+    if cell is None:
+        if len(grid.cells) != 1:
+            listed = ", ".join(f"{t},{k}" for t, k in grid.cells)
+            raise ValueError(f"{path} is a store grid of {len(grid.cells)} (t, block) cells ({listed}); hloc's layout "
+                             "holds one map per image: choose a cell with --cell T,BLOCK (cell=(t, block))")
+        return grid.stores[grid.cells[0]]
+    if tuple(cell) not in grid.stores:
+        raise ValueError(f"store grid {path} has no cell {cell_label(*cell)}; it has "
+                         + ", ".join(f"{t},{k}" for t, k in grid.cells))
+    return grid.stores[tuple(cell)]

@@ -41,6 +41,9 @@ class StoreJob:
     progress: bool = False
     fsync: bool = True  # flush each feature file to disk before it is renamed into place
     backend_options: BackendOptions | None = None  # OrtOptions/TrtOptions for config.backend (None: defaults)
+    # (t, block) cells of a grid (a folder of one store per cell, store/grid.py); None: the config's one cell.
+    # The config's network must reach the deepest block (dift_fast.grid.grid_config).
+    cells: list[tuple[int, int]] | None = None
 
 
 def load_job_extractor(job: StoreJob, device: str | None) -> Any:
@@ -51,8 +54,10 @@ def load_job_extractor(job: StoreJob, device: str | None) -> Any:
     return DiftExtractor.from_pretrained(config=config, backend_options=job.backend_options)
 
 
-def job_identity(job: StoreJob, extractor: Any = None, device: str | None = None) -> dict[str, Any]:
-    """The store identity ``job`` writes: from a loaded ``extractor``, else predicted from the config.
+def job_identity(job: StoreJob, extractor: Any = None, device: str | None = None,
+                 cell: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The store identity ``job`` writes (of grid cell ``cell``): from a loaded ``extractor``, else predicted from
+    the config.
 
     The prediction (used when the parent of a multi-device or Ray run loads no model) reads the model's weights
     to hash them but loads no network; every worker checks its own extractor's identity against the store's
@@ -60,8 +65,9 @@ def job_identity(job: StoreJob, extractor: Any = None, device: str | None = None
     """
     from ..identity import config_identity, extractor_identity
 
+    t, block = cell if cell is not None else (None, None)
     if extractor is not None:
-        features = extractor_identity(extractor)
+        features = extractor_identity(extractor, t=t, block=block)
     else:
-        features = config_identity(job.config, device, job.backend_options)
+        features = config_identity(job.config, device, job.backend_options, t=t, block=block)
     return store_identity(features, job.store_dtype, job.pca_dim, job.pca_sample)

@@ -193,6 +193,9 @@ class _Writer:
 class StorePipeline:
     """Extract images of ``source`` into ``store`` with one extractor (one device).
 
+    ``store`` is a :class:`FeatureStore`, or a :class:`~dift_fast.store.grid.StoreGrid` whose cells all come from
+    one network pass per (image, t) of the extractor (loaded for the grid's deepest block).
+
     Args:
         decode_workers: threads decoding ahead; 0 decodes in the loop itself (the sequential baseline).
         batch_size: images per network call; None: the config's on CPU, from free memory on CUDA.
@@ -253,7 +256,7 @@ class StorePipeline:
             if self.extractor.config.batch_size != len(chunk):
                 self.extractor.config = self.extractor.config.replace(batch_size=len(chunk))
             try:
-                fb = self.extractor.extract_prepared(chunk)
+                stored = self._features(chunk)
             except torch.OutOfMemoryError:
                 if self.batch_size == 1:
                     raise RuntimeError(
@@ -274,20 +277,31 @@ class StorePipeline:
                 self._fail(chunk[0].name, str(err))
                 i += 1
                 continue
-            feats = fb.features.detach().to("cpu", torch.float32)
-            out.extend(zip(fb.names, feats.unbind(0), fb.original_sizes, fb.image_keys))
+            out.extend(stored)
             i += len(chunk)
         return out
+
+    def _features(self, chunk: list[PreparedImage]) -> list[tuple[str, Any, tuple[int, int], int]]:
+        """(name, CPU float32 map, original size, noise key) per image; for a :class:`StoreGrid` the map is
+        ``{(t, block): [C, h, w]}`` of the cells these images lack, all from one pass per t (``extract_grid_prepared``)."""
+        cells = self.store.cells_for([p.name for p in chunk]) if hasattr(self.store, "cells_for") else None
+        if cells is None:
+            fb = self.extractor.extract_prepared(chunk)
+            feats = fb.features.detach().to("cpu", torch.float32).unbind(0)
+            return list(zip(fb.names, feats, fb.original_sizes, fb.image_keys))
+        gb = self.extractor.extract_grid_prepared(chunk, cells=cells)
+        per_cell = {cell: f.detach().to("cpu", torch.float32).unbind(0) for cell, f in gb.features.items()}
+        maps = [{cell: per_cell[cell][i] for cell in cells} for i in range(len(gb.names))]
+        return list(zip(gb.names, maps, gb.original_sizes, gb.image_keys))
 
     def _extract_one_or_fail(self, p: PreparedImage) -> list:
         from ..extractor import NonFiniteFeaturesError
 
         try:
-            fb = self.extractor.extract_prepared([p])
+            return self._features([p])
         except NonFiniteFeaturesError as err:
             self._fail(p.name, str(err))
             return []
-        return [(p.name, fb.features[0].detach().to("cpu", torch.float32), p.original_size, fb.image_keys[0])]
 
     def _fail(self, name: str, reason: str) -> None:
         self._writer.submit(("fail", name, reason))
@@ -297,12 +311,16 @@ class StorePipeline:
         from .identity import feature_part
         from .store import StoreConfigError
 
-        mine, theirs = extractor_identity(self.extractor), feature_part(self.store.meta["identity"])
-        if mine != theirs:
-            raise StoreConfigError(
-                f"this extractor computes other features than store {self.store.root} holds "
-                f"({describe_diff(theirs, mine)}); nothing was written"
-            )
+        stores = getattr(self.store, "stores", None)  # a StoreGrid: every cell against its own store
+        for cell, store in (stores.items() if stores is not None else [(None, self.store)]):
+            mine = extractor_identity(self.extractor) if cell is None else \
+                extractor_identity(self.extractor, t=cell[0], block=cell[1])
+            theirs = feature_part(store.meta["identity"])
+            if mine != theirs:
+                raise StoreConfigError(
+                    f"this extractor computes other features than store {store.root} holds "
+                    f"({describe_diff(theirs, mine)}); nothing was written"
+                )
 
     # -- loop ------------------------------------------------------------------------------------------------
 

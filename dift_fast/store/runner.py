@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..images import ImageError
+from .grid import StoreGrid
 from .job import StoreJob, job_identity, load_job_extractor
 from .parallel import extract_on_devices
 from .pca import fit_pca, sample_names
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 class StoreSummary:
     """What a run did."""
 
-    store: FeatureStore
+    store: FeatureStore | StoreGrid
     total: int  # images found under the inputs
     skipped: int  # already in the store before this run
     adopted: int  # complete files a killed run left without a manifest line
@@ -57,21 +58,34 @@ def extract_to_store(job: StoreJob, extractor: Any = None) -> StoreSummary:
         devices = ["cuda" if connect(job.ray_address) else "cpu"]  # what the actors will run on
     _check_one_device_type(devices)
     parallel = len(devices) > 1 or job.ray_address is not None
+    if job.cells is not None:
+        _check_grid_job(job, parallel)
     if extractor is None and not parallel:
         extractor = load_job_extractor(job, devices[0])
-    identity = job_identity(job, extractor, devices[0])
     from ..backbones.registry import is_tiny_model
 
-    store = FeatureStore.create_or_open(  # returns with the writer lock held
-        job.out, identity, job.config.to_dict(), overwrite=job.overwrite, must_exist=job.resume,
-        extra={"root": source.root, "tiny_random": is_tiny_model(job.config)},
-    )
+    extra = {"root": source.root, "tiny_random": is_tiny_model(job.config)}
+    if job.cells is not None:  # a folder of one store per (t, block) cell, filled from one pass per t
+        store = StoreGrid.create_or_open(  # returns with the grid's and every cell's writer lock held
+            job.out, {cell: job_identity(job, extractor, devices[0], cell) for cell in job.cells},
+            {(t, k): job.config.replace(t=t, up_ft_index=k).to_dict() for t, k in job.cells},
+            overwrite=job.overwrite, must_exist=job.resume, extra=extra,
+        )
+    else:
+        identity = job_identity(job, extractor, devices[0])
+        store = FeatureStore.create_or_open(  # returns with the writer lock held
+            job.out, identity, job.config.to_dict(), overwrite=job.overwrite, must_exist=job.resume, extra=extra,
+        )
     store.fsync = job.fsync
     try:
         store.clear_tmp()
         adopted = store.recover(source.names)
-        # An image is done when its manifest line and its file are there (a deleted file is recomputed).
-        done = {n for n in store.done_names() if store.path(n).is_file()}
+        target = store
+        if job.cells is not None:  # only the cells that lack images run (a grown grid computes its new cells only)
+            target, lacking = store.pending(source.names)
+            done = set(source.names) - set(lacking)
+        else:  # an image is done when its manifest line and its file are there (a deleted file is recomputed)
+            done = {n for n in store.done_names() if store.path(n).is_file()}
         skipped = sum(1 for n in source.names if n in done) - len(adopted)
         if job.pca_dim and store.pca is None:
             fit_extractor = extractor if extractor is not None else load_job_extractor(job, devices[0])
@@ -83,7 +97,7 @@ def extract_to_store(job: StoreJob, extractor: Any = None) -> StoreSummary:
         elif len(devices) > 1:
             result = extract_on_devices(job, source, pending, devices)
         elif pending:
-            result = StorePipeline(extractor, store, source, decode_workers=job.decode_workers,
+            result = StorePipeline(extractor, target, source, decode_workers=job.decode_workers,
                                    batch_size=job.batch_size, progress=job.progress).run(pending)
         else:
             result = RunResult()
@@ -91,6 +105,20 @@ def extract_to_store(job: StoreJob, extractor: Any = None) -> StoreSummary:
         store.unlock()
     return StoreSummary(store, len(source.names), skipped, len(adopted), result.written,
                         result.failed, result.times, result.seconds, result.batch_size)
+
+
+def _check_grid_job(job: StoreJob, parallel: bool) -> None:
+    """A grid run is one process without PCA (each cell would need its own fit); say so before anything starts."""
+    if parallel:
+        raise ValueError("a (t, block) grid (--timesteps/--blocks) runs in one process: several --devices and --ray "
+                         "are not supported for grids yet; pass one --device, or extract each cell in its own run")
+    if job.pca_dim:
+        raise ValueError("--pca is not supported with a (t, block) grid (each cell would need its own PCA); extract "
+                         "the cell you keep on its own with --pca")
+    deepest = max(k for _, k in job.cells)
+    if job.config.up_ft_index != deepest:
+        raise ValueError(f"the grid's config must reach its deepest block {deepest}, not {job.config.up_ft_index}: "
+                         "build it with dift_fast.grid.grid_config")
 
 
 def _check_one_device_type(devices: list[str | None]) -> None:

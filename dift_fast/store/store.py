@@ -123,6 +123,11 @@ class FeatureStore:
         root = Path(root)
         meta_path = root / "store.json"
         if not meta_path.is_file():
+            if (root / "grid.json").is_file():  # a grid (store/grid.py): one store per (t, block) cell
+                cells = sorted(p.name for p in root.iterdir() if (p / "store.json").is_file())
+                raise FileNotFoundError(f"{root} is a store grid, a folder of one feature store per (t, block) cell; "
+                                        f"open one cell's store ({', '.join(cells[:6])}{' ...' if len(cells) > 6 else ''}"
+                                        ", e.g. STORE/<cell>), or StoreGrid.open for all")
             raise FileNotFoundError(f"{root} is not a dift-fast feature store (no store.json)")
         try:
             meta = json.loads(meta_path.read_text())
@@ -296,9 +301,12 @@ class FeatureStore:
         Raises:
             StoreFullError: the disk is full; nothing partial is left behind.
         """
+        return self.put_encoded(name, self.encode(features), original_size, image_key)
+
+    def put_encoded(self, name: str, data: torch.Tensor, original_size: tuple[int, int], image_key: int) -> StoreEntry:
+        """:meth:`put` for a map already in the stored form (:meth:`encode`): written atomically, then recorded."""
         from safetensors.torch import save as st_save
 
-        data = self.encode(features)
         meta = {"format": FORMAT, "name": name, "original_size": json.dumps(list(original_size)),
                 "image_key": str(image_key)}
         meta["sha256"] = _feature_checksum(data, meta)
