@@ -22,13 +22,18 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+def _per_image(record: dict[str, Any]) -> dict[str, Any]:
+    """The per-image time summary of a record (schema 1, of the committed CPU results, named it ``image_s``)."""
+    return record["per_image_s"] if "per_image_s" in record else record["image_s"]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """Ratio table; absolute times only on a GPU (CPU timings on a shared machine are quoted as ratios)."""
     m, cfg = report["machine"], report["config"]
     gpu = report["device"].startswith("cuda")
     ok = [r for r in report["records"] if r["status"] == "ok"]
     reference = next((r for r in ok if r["kind"] == "baseline"), None)
-    unit = reference["image_s"]["p50"] if reference and not gpu else 1.0
+    unit = _per_image(reference)["p50"] if reference and not gpu else 1.0
     w, h = cfg["image_size"]
     load = m["load_average"][0] if m.get("load_average") else "?"
     lines = [
@@ -50,7 +55,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         if r["status"] != "ok":
             lines.append(f"| {label} | {r['batch_size'] or '–'} | {r['status']}: {r['reason']} | | | | |")
             continue
-        per_image = r["image_s"]["p50"] / unit
+        per_image = _per_image(r)["p50"] / unit
         speedup = f"{r['baseline_ratio']:.2f}×" if r["baseline_ratio"] else ("1.00×" if r is reference else "–")
         above = (r["memory"]["peak_bytes"] - r["memory"]["before_bytes"]) / 2**20
         images_per_s = f"{r['images_per_s']:.3g}" if gpu else "–"
@@ -84,7 +89,9 @@ def main() -> int:
     )
     parser.add_argument("--engine", default=None, metavar="DIR", help="onnxruntime/tensorrt: export folder")
     parser.add_argument(
-        "--architecture", default="sd21", help="sd21 (the packaged configs, default) or a folder of SD 2.x configs"
+        "--architecture",
+        default="sd21",
+        help="sd21 (default) or adm256 (the packaged configs), or a folder of component configs",
     )
     parser.add_argument("--prompt", default="a photo of a cat", help="prompt (the reference style encodes it per call)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")

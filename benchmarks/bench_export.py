@@ -1,12 +1,13 @@
 """Export the real SD 2.1 architecture (random weights) for block 1 and compare onnxruntime-CPU with torch-CPU.
 
-Builds the UNet and VAE from the component configs in ``../shared/sd21`` (no weights are downloaded), exports
+Builds the UNet and VAE from the packaged ``sd21`` component configs (no weights are downloaded), exports
 fp32 (external data) and fp16 graphs at a static 256x256, then times torch fp32 and onnxruntime (CPU EP) on one
 latent / one image and reports the relative L2 error of each graph against torch fp32.
 
-    python benchmarks/bench_export.py --configs ../shared/sd21 --out /tmp/dift-bench-export
+    python benchmarks/bench_export.py --out /tmp/dift-bench-export
 
-Needs ~12 GB of RAM and several minutes on a small CPU. Writes ``results.json`` and ``results.md`` under --out.
+Needs ~12 GB of RAM and several minutes on a small CPU. The graphs go under --out (not the repository); the figures
+go to ``benchmarks/results/export-cpu-<size>.json`` and ``.md`` (what RESULTS.md quotes), and a copy to --out.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import argparse
 import gc
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, write_results
 
 
 def median_time(fn, repeats: int) -> float:
@@ -38,25 +42,22 @@ def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def build_components(configs: Path, up_ft_index: int) -> SimpleNamespace:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+def build_components(configs: Path, up_ft_index: int):
+    """Random-weight SD 2.1 components from the configs (no download); the text encoder is not needed here."""
+    from common import random_components
 
-    from dift_fast.unet import TruncatedUNet, VaeEncoder
+    from dift_fast import DiftConfig
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(json.loads((configs / "unet" / "config.json").read_text()))
-    vae = AutoencoderKL.from_config(json.loads((configs / "vae" / "config.json").read_text()))
-    comps = SimpleNamespace(unet=TruncatedUNet(unet, up_ft_index).eval().requires_grad_(False),
-                            vae=VaeEncoder(vae).eval().requires_grad_(False), model_id="sd21-random-weights",
-                            revision=None, text_encoder=None, tokenizer=None)
-    del unet, vae
+    comps = random_components(DiftConfig.from_preset("spair", model=str(configs), up_ft_index=up_ft_index))
+    comps.text_encoder = comps.tokenizer = None
     gc.collect()
     return comps
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", default="../shared/sd21", help="folder with unet/ and vae/ config.json")
+    ap.add_argument("--configs", default=str(Path(__file__).resolve().parents[1] / "dift_fast" / "architectures" / "sd21"),
+                    help="folder with the unet/, vae/, text_encoder/ and scheduler/ configs (default: the packaged sd21)")
     ap.add_argument("--out", default="/tmp/dift-bench-export", help="where graphs and results go (not the repo)")
     ap.add_argument("--size", type=int, default=256, help="image side (latent = size / 8)")
     ap.add_argument("--block", type=int, default=1, help="up_ft_index")
@@ -129,6 +130,7 @@ def main() -> None:
         res[f"ort_cpu_{dtype}"] = entry
         print("ort", dtype, entry, flush=True)
 
+    res["machine"] = {**res["machine"], **machine()}  # the CPU model name and cores, as every benchmark records them
     (out / "results.json").write_text(json.dumps(res, indent=2))
     lines = [f"SD 2.1 architecture (random weights), block {args.block}, {s}x{s}, batch 1, "
              f"{res['machine']['cpu']} ({res['machine']['torch_threads']} threads), torch {torch.__version__}, "
@@ -145,6 +147,7 @@ def main() -> None:
     lines += [f"export {d}: {res[f'export_{d}']['seconds']:.0f} s" for d in folders]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    print(f"wrote {write_results(f'export-cpu-{s}', res, chr(10).join(lines) + chr(10))}")
 
 
 if __name__ == "__main__":

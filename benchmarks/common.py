@@ -63,3 +63,15 @@ def write_results(name: str, payload: dict[str, Any], table: str) -> Path:
     path = write_json(payload, RESULTS_DIR / f"{name}.json")
     (RESULTS_DIR / f"{name}.md").write_text(table)
     return path
+
+
+def random_components(config: Any, seed: int = 0, *, blocks: Any = None) -> Any:
+    """Random-weight components of a real-size architecture for ``config`` (no download).
+
+    ``dift_fast.bench.models.random_components``, the one builder (``dift-fast bench --architecture`` uses it):
+    SD and CleanDIFT from a folder of component configs (``config.model``, e.g. the packaged ``sd21``), ADM from the
+    packaged ``adm256`` config (``config.model="adm256"``); with ``blocks``, ``{k: components}`` sharing one network.
+    """
+    from dift_fast.bench.models import random_components as build
+
+    return build(config, seed, blocks=blocks)

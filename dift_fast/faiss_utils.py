@@ -16,19 +16,20 @@ __all__ = ["faiss_available", "faiss_gpu_count", "import_faiss", "knn", "knn_tor
 
 
 @functools.lru_cache(maxsize=1)
-def _faiss_or_error() -> tuple[Any, str | None]:
+def _faiss_or_error() -> tuple[Any, Exception | None]:
+    from .extras import MissingExtraError, import_extra
+
     try:
-        import faiss
-    except ImportError as err:
-        return None, f"faiss is not installed ({err}); install it with `pip install faiss-cpu` (or faiss-gpu via conda)"
-    return faiss, None
+        return import_extra("faiss", "FAISS indexes and search"), None
+    except MissingExtraError as err:
+        return None, err
 
 
 def import_faiss() -> Any:
-    """The faiss module, or a RuntimeError that says how to install it (the error is cached)."""
+    """The faiss module, or a :class:`~dift_fast.extras.MissingExtraError` naming the extra (cached)."""
     faiss, error = _faiss_or_error()
     if faiss is None:
-        raise RuntimeError(error)
+        raise error
     return faiss
 
 

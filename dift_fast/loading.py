@@ -1,130 +1,62 @@
-"""Loading only what DIFT needs from a diffusers SD folder or hub id (spec §1)."""
+"""Loading only what DIFT needs for a config, whatever its backbone (spec §1, §6).
+
+:func:`load_components` hands the config to its backbone (:mod:`dift_fast.backbones.registry`), which loads the
+network truncated after the feature block, the encoder (SD's VAE encoder; none in pixel space) and the text
+encoder (none for an unconditional backbone), float32 on the CPU.
+"""
 
 from __future__ import annotations
 
-import gc
-import importlib.util
-import json
-import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
+from .backbones.base import DiftComponents, ModelLoadError
+from .backbones.catalog import default_preset_for_model
+from .backbones.registry import backbone_for
+from .backbones.sd import REQUIRED_COMPONENTS, resolve_model_folder
+from .config import DEFAULT_MODEL, DiftConfig
 
-from .config import DEFAULT_MODEL, TINY_MODEL
-from .unet import TruncatedUNet, VaeEncoder
-
-__all__ = ["REQUIRED_COMPONENTS", "DiftComponents", "ModelLoadError", "load_components", "resolve_model_folder"]
-
-REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-_COMPONENT_FILES = {
-    "unet": "config.json",
-    "vae": "config.json",
-    "text_encoder": "config.json",
-    "tokenizer": "tokenizer_config.json",
-    "scheduler": "scheduler_config.json",
-}
-# Files DIFT never needs: other weight formats, half-precision duplicates, the pipeline's extra parts.
-_HUB_IGNORE = [
-    "*.bin",
-    "*.ckpt",
-    "*.fp16.*",
-    "*.msgpack",
-    "*.onnx",
-    "*.pb",
-    "*.h5",
-    "*.ot",
-    "safety_checker/*",
-    "feature_extractor/*",
-    "*.png",
-    "*.jpg",
+__all__ = [
+    "REQUIRED_COMPONENTS",
+    "DiftComponents",
+    "ModelLoadError",
+    "config_for_model",
+    "load_components",
+    "resolve_model_folder",
 ]
 
 
-class ModelLoadError(RuntimeError):
-    """The model could not be found or loaded; the message says how to fix it."""
+def config_for_model(
+    model: str = DEFAULT_MODEL, revision: str | None = None, up_ft_index: int | None = None, **fields: Any
+) -> DiftConfig:
+    """The config of ``model`` under the default preset of the backbone its name points to, with ``fields``."""
+    if up_ft_index is not None:
+        fields["up_ft_index"] = up_ft_index
+    return DiftConfig.from_preset(default_preset_for_model(model), model=model, revision=revision, **fields)
 
 
-@dataclass
-class DiftComponents:
-    """The parts of an SD pipeline DIFT runs. The VAE decoder and the UNet's later blocks are not here."""
+def load_components(
+    model: DiftConfig | str = DEFAULT_MODEL,
+    revision: str | None = None,
+    up_ft_index: int | None = None,
+    *,
+    networks: bool = True,
+) -> DiftComponents:
+    """Load what DIFT runs, float32 on the CPU: the truncated network, the encoder and the text encoder.
 
-    unet: TruncatedUNet
-    vae: VaeEncoder
-    text_encoder: nn.Module
-    tokenizer: Any
-    scheduler_config: dict[str, Any]
-    folder: Path
-    model_id: str
-    revision: str | None
+    Args:
+        model: a :class:`~dift_fast.DiftConfig` (its backbone, model, revision, unet_weights and up_ft_index), or
+            a model name, read under the default preset of the backbone it points to (a diffusers folder or hub
+            id: SD; a checkpoint file or ``tiny-random-adm``: ADM) with ``revision`` and ``up_ft_index``.
+        networks: load the network and the encoder; False loads only the text encoder and tokenizer (for a
+            backend that runs an ONNX export; :meth:`DiftComponents.ensure_networks` loads the rest later).
 
-
-def _check_folder(folder: Path) -> None:
-    for name in REQUIRED_COMPONENTS:
-        if not (folder / name / _COMPONENT_FILES[name]).is_file():
-            raise ModelLoadError(
-                f"model folder {folder} is missing the '{name}' component ({name}/{_COMPONENT_FILES[name]} not found); "
-                f"DIFT needs a diffusers Stable Diffusion 2.x folder with {', '.join(f'{c}/' for c in REQUIRED_COMPONENTS)}"
-            )
-
-
-def resolve_model_folder(model: str = DEFAULT_MODEL, revision: str | None = None) -> Path:
-    """A local folder holding the model: the folder itself, the built-in tiny model, or a hub snapshot."""
-    if model == TINY_MODEL:
-        from .tiny import tiny_model_dir
-
-        return tiny_model_dir()
-    path = Path(model).expanduser()
-    if path.exists() or model.startswith((".", "/", "~")) or os.sep in model.strip("/").replace("/", "", 1):
-        if not path.is_dir():
-            raise ModelLoadError(f"model folder {path} does not exist")
-        _check_folder(path)
-        return path
-    try:
-        from huggingface_hub import snapshot_download
-
-        folder = Path(snapshot_download(model, revision=revision, ignore_patterns=_HUB_IGNORE))
-    except Exception as err:  # network, auth, missing repo: all need the same advice
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        raise ModelLoadError(
-            f"could not get model {model!r} (revision {revision or 'default'}) from the Hugging Face hub: "
-            f"{type(err).__name__}: {err}.\n"
-            + ("HF_HUB_OFFLINE is set and the model is not in the local cache. " if offline else "")
-            + "Without network: download it once elsewhere with `huggingface-cli download "
-            f"{model} --local-dir DIR` and pass `--model DIR` (from_pretrained(DIR)), or set HF_HUB_OFFLINE=1 to "
-            "use a copy already in the Hugging Face cache. For an offline smoke test use --model tiny-random."
-        ) from None
-    _check_folder(folder)
-    return folder
-
-
-def load_components(model: str = DEFAULT_MODEL, revision: str | None = None, up_ft_index: int = 1) -> DiftComponents:
-    """Load the truncated UNet, the VAE encoder, the text encoder and tokenizer, and the schedule, in float32 on CPU."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    folder = resolve_model_folder(model, revision)
-
-    def load(name: str, loader: Any) -> Any:
-        try:
-            return loader(folder / name)
-        except Exception as err:
-            raise ModelLoadError(f"model folder {folder}: could not load the '{name}' component: {err}") from err
-
-    # Meta-device loading needs accelerate; without it diffusers warns on every load, so ask only when it helps.
-    fast = {"low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None}
-    unet_full = load("unet", lambda p: UNet2DConditionModel.from_pretrained(p, torch_dtype=torch.float32, **fast))
-    unet = TruncatedUNet(unet_full, up_ft_index)
-    del unet_full  # later up blocks, conv_norm_out and conv_out go with it
-    vae_full = load("vae", lambda p: AutoencoderKL.from_pretrained(p, torch_dtype=torch.float32, **fast))
-    vae = VaeEncoder(vae_full)
-    del vae_full  # the decoder is never kept
-    gc.collect()
-    text_encoder = load("text_encoder", lambda p: CLIPTextModel.from_pretrained(p, torch_dtype=torch.float32))
-    tokenizer = load("tokenizer", CLIPTokenizer.from_pretrained)
-    scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    for module in (unet, vae, text_encoder):
-        module.eval().requires_grad_(False)
-    return DiftComponents(unet, vae, text_encoder, tokenizer, scheduler_config, folder, model, revision)
+    Raises:
+        ModelLoadError: the model cannot be found or read (the message says how to fix it).
+    """
+    if isinstance(model, DiftConfig):
+        if revision is not None or up_ft_index is not None:
+            raise TypeError("load_components(config): revision and up_ft_index come from the config")
+        config = model
+    else:
+        config = config_for_model(model, revision, up_ft_index)
+    return backbone_for(config).load_components(networks=networks)

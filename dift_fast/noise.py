@@ -18,6 +18,7 @@ import hashlib
 import numpy as np
 
 __all__ = [
+    "CONTRACT_VERSION",
     "DIFFUSION_STREAM",
     "POSTERIOR_STREAM",
     "box_muller",
@@ -28,6 +29,9 @@ __all__ = [
     "uniforms_from_words",
 ]
 
+# Version of the contract this module implements; features of different versions are not interchangeable (it is
+# part of every feature identity, dift_fast.identity). Bump it with any change to the words or the normals.
+CONTRACT_VERSION = 1
 POSTERIOR_STREAM = 0  # ε₁: the VAE posterior sample
 DIFFUSION_STREAM = 1  # ε₂: the forward-diffusion noise
 

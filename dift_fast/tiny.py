@@ -1,8 +1,16 @@
-"""A tiny random-weight pipeline shaped like SD 2.x, generated locally (no download).
+"""Tiny random-weight models of every backbone, generated locally (no download), for tests and smoke runs.
 
-It has the same component classes, block types, attention layout (linear projections, upcast attention, head
-dim per block), 8x VAE and v-prediction scheduler as SD 2.1, at a few MB. Its features are meaningless: it is
-for smoke tests, CI and parity tests, never for correspondence.
+- ``tiny-random`` (:func:`tiny_model_dir`): a diffusers pipeline shaped like SD 2.x: the same component classes,
+  block types, attention layout (linear projections, upcast attention, head dim per block), 8x VAE and
+  v-prediction scheduler as SD 2.1, at a few MB.
+- ``tiny-random-adm`` (:func:`tiny_adm_dir`): a guided-diffusion-shaped checkpoint (``torch.save`` state dict with
+  guided-diffusion's own key names) with the 256x256 ADM's level layout -- six levels, attention at strides 8, 16,
+  32, resblock up/downsampling, so the output blocks are numbered 0..17 like the real model's -- at a few MB,
+  beside its ``UNet2DModel`` config.
+- ``tiny-random-cleandift`` (:func:`tiny_cleandift_weights`): a 16-bit CleanDIFT-shaped UNet state dict for the
+  ``tiny-random`` pipeline (the CleanDIFT backbone on ``tiny-random`` uses it instead of the real file).
+
+Their features are meaningless: they are for smoke tests, CI and parity tests, never for correspondence.
 """
 
 from __future__ import annotations
@@ -13,7 +21,12 @@ from pathlib import Path
 
 import torch
 
-TINY_WARNING = "model 'tiny-random' has random weights: its features are meaningless (smoke test only)"
+from .atomic import atomic_folder
+from .cache import cache_root
+
+TINY_ADM_MODEL = "tiny-random-adm"
+TINY_CLEANDIFT_WEIGHTS = "tiny-random-cleandift"
+TINY_MARKER = "dift_fast_tiny_random"  # a file of this name (or a model_index.json key) marks a tiny model
 
 _BYTE_CHARS: list[str] | None = None
 
@@ -167,16 +180,114 @@ def build_tiny_pipeline(folder: str | os.PathLike, seed: int = 0) -> Path:
 
 
 def tiny_model_dir() -> Path:
-    """Where the built-in 'tiny-random' model lives (built on first use): ``$DIFT_FAST_CACHE/tiny-random``."""
-    root = Path(os.environ.get("DIFT_FAST_CACHE", Path.home() / ".cache" / "dift-fast"))
-    folder = root / "tiny-random-v1"
+    """Where the built-in 'tiny-random' model lives (built on first use): ``cache_root()/tiny-random-v1``."""
+    folder = cache_root() / "tiny-random-v1"
     if not (folder / "model_index.json").exists():
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        build_tiny_pipeline(tmp)
         try:
-            tmp.rename(folder)
-        except OSError:  # another process won the race; its copy is identical
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
+            with atomic_folder(folder) as tmp:
+                build_tiny_pipeline(tmp)
+        except FileExistsError:  # another process won the race; its copy is identical
+            pass
     return folder
+
+
+# -- tiny ADM --------------------------------------------------------------------------------------------------
+
+
+def tiny_adm_config() -> dict:
+    """``UNet2DModel`` config of the tiny ADM: the 256x256 model's six levels and attention strides, 32/64 channels."""
+    return {
+        "_class_name": "UNet2DModel",
+        "sample_size": 32,
+        "in_channels": 3,
+        "out_channels": 6,
+        "layers_per_block": 2,
+        "block_out_channels": [32, 32, 32, 64, 64, 64],
+        "down_block_types": ["ResnetDownsampleBlock2D"] * 3 + ["AttnDownBlock2D"] * 3,
+        "up_block_types": ["AttnUpBlock2D"] * 3 + ["ResnetUpsampleBlock2D"] * 3,
+        "attention_head_dim": 16,
+        "attn_norm_num_groups": 32,
+        "norm_num_groups": 32,
+        "resnet_time_scale_shift": "scale_shift",
+        "upsample_type": "resnet",
+        "downsample_type": "resnet",
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "num_class_embeds": None,
+    }
+
+
+TINY_ADM_CHECKPOINT = "tiny_adm.pt"
+
+
+def build_tiny_adm(folder: str | os.PathLike, seed: int = 0) -> Path:
+    """Write the tiny ADM to ``folder``: ``config.json``, a guided-diffusion-keyed ``tiny_adm.pt`` and a marker.
+
+    Every weight is random (guided-diffusion zero-initialises its output convolutions; random ones make every
+    block's output depend on every weight): matrices and kernels normal with std 1/sqrt(fan-in), norm scales
+    1 + 0.1·normal, biases 0.1·normal. Deterministic for a given ``seed``.
+    """
+    from diffusers import UNet2DModel
+
+    from .backbones.adm_convert import to_guided_diffusion_state_dict
+
+    folder = Path(folder)
+    config = tiny_adm_config()
+    generator = torch.Generator().manual_seed(seed)
+    unet = UNet2DModel.from_config(config)
+    state = {}
+    for key, value in unet.state_dict().items():
+        noise = torch.randn(value.shape, generator=generator)
+        if value.ndim >= 2:
+            state[key] = noise / value[0].numel() ** 0.5
+        else:
+            state[key] = 1.0 + 0.1 * noise if "norm" in key and key.endswith("weight") else 0.1 * noise
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(to_guided_diffusion_state_dict(state, config), folder / TINY_ADM_CHECKPOINT)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    (folder / TINY_MARKER).write_text("random weights: features are meaningless\n")
+    return folder
+
+
+def tiny_adm_dir() -> Path:
+    """Where ``tiny-random-adm`` lives (built on first use): ``cache_root()/tiny-random-adm-v1``."""
+    folder = cache_root() / "tiny-random-adm-v1"
+    if not (folder / TINY_MARKER).exists():
+        try:
+            with atomic_folder(folder) as tmp:
+                build_tiny_adm(tmp)
+        except FileExistsError:  # another process won the race; its copy is identical
+            pass
+    return folder
+
+
+# -- tiny CleanDIFT UNet weights ----------------------------------------------------------------------------------
+
+
+def build_tiny_cleandift_weights(path: str | os.PathLike, seed: int = 1) -> Path:
+    """A 16-bit state dict of a ``tiny-random``-shaped UNet (other random weights), CleanDIFT's file format."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**tiny_component_configs()["unet"])
+    finally:
+        torch.random.set_rng_state(generator_state)
+    state = {k: v.half().contiguous() for k, v in unet.state_dict().items()}
+    save_file(state, str(path), metadata={TINY_MARKER: "1"})
+    return Path(path)
+
+
+def tiny_cleandift_weights() -> Path:
+    """The tiny CleanDIFT UNet file (built on first use): ``cache_root()/tiny-random-cleandift-v1/...``."""
+    folder = cache_root() / "tiny-random-cleandift-v1"
+    path = folder / "cleandift_sd21_unet.safetensors"
+    if not path.exists():
+        try:
+            with atomic_folder(folder) as tmp:
+                build_tiny_cleandift_weights(Path(tmp) / path.name)
+        except FileExistsError:
+            pass
+    return path

@@ -2,15 +2,29 @@
 
 It mirrors the numbered stages of ``UNet2DConditionModel.forward`` (1. time, 2. conv_in, 3. down, 4. mid,
 5. up) but stops after up block k, so the later up blocks, ``conv_norm_out`` and ``conv_out`` are neither kept nor
-run. The blocks themselves are diffusers' modules, shared (not copied) with the source UNet.
+run. The blocks themselves are diffusers' modules, shared (not copied) with the source UNet. One forward can return
+several blocks (``blocks=(0, 1)``): the pass runs to the deepest one and the shallower ones are taken on the way.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
+
 import torch
 from torch import nn
 
-__all__ = ["TruncatedUNet", "VaeEncoder"]
+__all__ = ["TruncatedUNet", "VaeEncoder", "posterior", "requested_blocks"]
+
+
+def requested_blocks(blocks: Sequence[int], deepest: int) -> tuple[int, ...]:
+    """``blocks`` as a sorted tuple without repeats, each checked to be a kept block (0..``deepest``)."""
+    wanted = tuple(sorted(set(blocks)))
+    bad = [k for k in wanted if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= deepest]
+    if not wanted or bad:
+        raise ValueError(f"blocks {list(blocks)} must be a non-empty list of blocks 0..{deepest} (this network is "
+                         f"truncated after block {deepest})")
+    return wanted
 
 
 class TruncatedUNet(nn.Module):
@@ -52,17 +66,67 @@ class TruncatedUNet(nn.Module):
         return self.conv_in.weight.dtype
 
     @property
+    def feature_block(self) -> int:
+        """The deepest block kept: what ``forward`` returns without ``blocks``."""
+        return self.up_ft_index
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.conv_in.in_channels)
+
+    @property
     def out_channels(self) -> int:
         """Channels of the feature (the up block's output channels)."""
-        block = self.up_blocks[-1]
-        return block.resnets[-1].conv2.out_channels
+        return self.block_channels(self.up_ft_index)
+
+    def block_channels(self, k: int) -> int:
+        """Output channels of up block ``k`` (a kept one)."""
+        return int(self.up_blocks[k].resnets[-1].conv2.out_channels)
+
+    @property
+    def num_downsamplers(self) -> int:
+        """Down blocks that halve the latent (rounding up)."""
+        return sum(1 for b in self.down_blocks if getattr(b, "downsamplers", None))
+
+    def num_upsamplers(self, k: int | None = None) -> int:
+        """Up blocks 0..k (default: the feature block) that double the size back."""
+        k = self.up_ft_index if k is None else k
+        return sum(1 for b in list(self.up_blocks)[: k + 1] if getattr(b, "upsamplers", None))
+
+    # Any latent size runs (each upsampler resizes to its skip's size), so the network adds no size rule.
+    size_multiple = 1
+
+    @property
+    def trace_side(self) -> int:
+        """A latent side for tracing the general-size graph: not a multiple of the total upsampling."""
+        return 2 * self.overall_up_factor + 2
+
+    @contextlib.contextmanager
+    def general_size_trace(self) -> Iterator[None]:
+        """Trace the branch that resizes each upsampler to its skip's size (a Python bool in the forward).
+
+        For a symbolic spatial size the trace must keep that branch: it is exact for any latent size and, for sizes
+        divisible by the UNet's total upsampling, gives the same nearest-neighbour result as the scale-2 branch.
+        """
+        saved = self.overall_up_factor
+        self.overall_up_factor = 2**62 + 1  # odd and larger than any size: every size "is not a multiple"
+        try:
+            yield
+        finally:
+            self.overall_up_factor = saved
 
     def forward(
         self,
         sample: torch.Tensor,  # [N, 4, h, w]
         timestep: torch.Tensor | int,  # scalar or [N]
         encoder_hidden_states: torch.Tensor,  # [N, 77, D]
-    ) -> torch.Tensor:  # [N, C, h', w']
+        blocks: Sequence[int] | None = None,
+    ) -> torch.Tensor | dict[int, torch.Tensor]:  # [N, C, h', w'], or {k: [N, C_k, h_k, w_k]} with ``blocks``
+        """Up block ``up_ft_index``'s output; with ``blocks``, a dict of the output of every block asked for.
+
+        The pass stops after the deepest block asked for; every block is its output after its upsampler.
+        """
+        wanted = requested_blocks(blocks, self.up_ft_index) if blocks is not None else (self.up_ft_index,)
         forward_upsample_size = any(s % self.overall_up_factor for s in sample.shape[-2:])
 
         # 1. time
@@ -94,8 +158,9 @@ class TruncatedUNet(nn.Module):
             else:
                 sample = self.mid_block(sample, emb)
 
-        # 5. up, through block k only
-        for block in self.up_blocks:
+        # 5. up, through the deepest block asked for
+        outputs: dict[int, torch.Tensor] = {}
+        for k, block in enumerate(list(self.up_blocks)[: wanted[-1] + 1]):
             res = skips[-len(block.resnets) :]
             skips = skips[: -len(block.resnets)]
             upsample_size = skips[-1].shape[2:] if forward_upsample_size and skips else None
@@ -109,7 +174,9 @@ class TruncatedUNet(nn.Module):
                 )
             else:
                 sample = block(hidden_states=sample, temb=emb, res_hidden_states_tuple=res, upsample_size=upsample_size)
-        return sample
+            if k in wanted:
+                outputs[k] = sample
+        return outputs if blocks is not None else outputs[self.up_ft_index]
 
 
 class VaeEncoder(nn.Module):
@@ -136,6 +203,14 @@ class VaeEncoder(nn.Module):
         return self.quant_conv(h) if self.quant_conv is not None else h
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, logvar = torch.chunk(self.moments(images), 2, dim=1)
-        logvar = torch.clamp(logvar, -30.0, 20.0)
-        return mean, torch.exp(0.5 * logvar)
+        return posterior(self.moments(images))
+
+
+def posterior(moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # [N, 2*c, h, w] -> 2 x [N, c, h, w]
+    """The VAE posterior (mean, std) from its raw moments, in the moments' dtype.
+
+    ``logvar`` is clamped to [-30, 20] as diffusers' ``DiagonalGaussianDistribution`` does. Every backend maps its
+    encoder output through this one function.
+    """
+    mean, logvar = torch.chunk(moments, 2, dim=1)
+    return mean, torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))

@@ -3,6 +3,14 @@
 CPU execution provider everywhere; with onnxruntime-gpu, the CUDA EP (optionally with a CUDA graph) or the
 TensorRT EP (fp16, engine cache, CUDA graph). The extractor keeps noise, prompts and the ensemble reduction, so
 this backend only maps torch tensors in and out of the two graphs.
+
+On CUDA the graphs run through I/O binding on torch tensors, on a CUDA stream handed to onnxruntime
+(``user_compute_stream``), with ``disable_synchronize_execution_providers`` so a run returns without waiting for
+the GPU; work on torch's current stream is ordered before and after each run by stream waits on the device, not by
+the host. With ``cuda_graph``, onnxruntime captures on a dedicated stream (capture cannot use the legacy default
+stream) and its replay synchronises that stream itself (``CUDAGraphManager::Replay``): one host wait per run that
+this backend cannot remove. onnxruntime runs no bf16 graph (no bfloat16 Conv in its CPU and CUDA providers), and
+that is refused before anything is exported.
 """
 
 from __future__ import annotations
@@ -15,45 +23,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from .graphs import EXPORT_DTYPES, export_onnx, feature_hw, weights_hash
-from .manifest import MANIFEST_NAME, ManifestError, load_manifest
+from dift_fast.backend_options import OrtOptions, backend_options_for
+from dift_fast.unet import posterior
 
-__all__ = ["OrtBackend", "create", "resolve_export"]
+from .manifest import MANIFEST_NAME, load_manifest, manifest_geometry
+from .precision import EXPORT_DTYPES, dtype_name
+from .resolve import backend_export
+from .run_checks import FixedPrompt, check_image_size
+
+__all__ = ["OrtBackend", "create"]
 
 logger = logging.getLogger(__name__)
 
 _NP_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
-_DTYPE_NAMES = {v: k for k, v in EXPORT_DTYPES.items()}
-
-
-def resolve_export(components: Any, dtype: torch.dtype, engine_dir: str | os.PathLike | None, *,
-                   no_build: bool = False, check_weights: bool = True) -> tuple[Path, dict[str, Any]]:
-    """The export folder to run: ``engine_dir`` when it holds an export, else a new (cached) dynamic-size export.
-
-    An existing export must be of the same model (weights hash) and block; its dtype wins over ``dtype``.
-    """
-    if engine_dir is not None and (Path(engine_dir) / MANIFEST_NAME).is_file():
-        folder = Path(engine_dir)
-        manifest = load_manifest(folder)
-        if manifest["up_ft_index"] != components.unet.up_ft_index:
-            raise ValueError(f"export {folder} is of up block {manifest['up_ft_index']}, the extractor wants "
-                             f"up_ft_index={components.unet.up_ft_index}; export again with --up-ft-index")
-        if check_weights and manifest["model"]["weights_sha256"] != weights_hash(components.unet, components.vae):
-            raise ValueError(f"export {folder} was made from other weights ({manifest['model']['id']}) than the "
-                             f"loaded model ({components.model_id}); export this model or pass its --model")
-        want = _DTYPE_NAMES.get(dtype, str(dtype))
-        if manifest["dtype"] != want:
-            logger.warning("export %s holds %s graphs; running them in %s (the requested %s does not apply)",
-                           folder, manifest["dtype"], manifest["dtype"], want)
-        return folder, manifest
-    if no_build:
-        where = engine_dir if engine_dir is not None else "the export cache"
-        raise ManifestError(f"no export in {where} and no_build is set; run `dift-fast export --out DIR` first")
-    dtype_name = _DTYPE_NAMES.get(dtype)
-    if dtype_name is None:
-        raise ValueError(f"dtype {dtype} cannot be exported; use fp32, fp16 or bf16")
-    logger.info("exporting ONNX graphs (dynamic size, %s) for the onnxruntime backend", dtype_name)
-    return export_onnx(components, engine_dir, dtype=dtype_name, dynamic_size=True)
+NO_BF16 = ("onnxruntime cannot run bf16 graphs (its CPU and CUDA providers have no bfloat16 Conv); bf16 is the "
+           "default dtype on CUDA: pass dtype='fp16' or 'fp32' (--dtype fp16), or use backend='tensorrt' for bf16")
 
 
 def _session_options(intra_op_threads: int | None) -> Any:
@@ -68,8 +52,11 @@ def _session_options(intra_op_threads: int | None) -> Any:
 
 
 def execution_providers(device: torch.device, provider: str | None, *, cache_dir: Path, fp16: bool,
-                        cuda_graph: bool) -> list[Any]:
-    """onnxruntime provider list for ``device``: "cpu", "cuda" or "tensorrt" (default: cpu, or cuda on CUDA)."""
+                        cuda_graph: bool, stream: Any = None) -> list[Any]:
+    """onnxruntime provider list for ``device``: "cpu", "cuda" or "tensorrt" (default: cpu, or cuda on CUDA).
+
+    ``stream`` (a ``torch.cuda.Stream`` on ``device``) is the stream onnxruntime runs on.
+    """
     import onnxruntime as ort
 
     provider = provider or ("cuda" if device.type == "cuda" else "cpu")
@@ -77,6 +64,8 @@ def execution_providers(device: torch.device, provider: str | None, *, cache_dir
     if provider == "cpu":
         if device.type != "cpu":
             raise ValueError(f"provider 'cpu' runs on the CPU; device is {device}")
+        if cuda_graph:
+            raise ValueError("cuda_graph needs the cuda or tensorrt provider, not cpu")
         return ["CPUExecutionProvider"]
     if device.type != "cuda":
         raise ValueError(f"provider {provider!r} needs device='cuda'; device is {device}")
@@ -88,14 +77,14 @@ def execution_providers(device: torch.device, provider: str | None, *, cache_dir
                            "(pip install onnxruntime-gpu) matching your CUDA version")
     index = device.index if device.index is not None else torch.cuda.current_device()
     cuda_opts: dict[str, Any] = {"device_id": index}
+    if stream is not None:
+        cuda_opts["user_compute_stream"] = str(stream.cuda_stream)
     if cuda_graph:
         cuda_opts["enable_cuda_graph"] = "1"
-    else:  # share torch's stream so inputs written by torch are visible without a device-wide sync
-        cuda_opts["user_compute_stream"] = str(torch.cuda.current_stream(index).cuda_stream)
     out: list[Any] = []
     if provider == "tensorrt":
         cache_dir.mkdir(parents=True, exist_ok=True)
-        out.append((needed, {
+        trt_opts: dict[str, Any] = {
             "device_id": index,
             "trt_fp16_enable": bool(fp16),
             "trt_engine_cache_enable": True,
@@ -103,7 +92,10 @@ def execution_providers(device: torch.device, provider: str | None, *, cache_dir
             "trt_timing_cache_enable": True,
             "trt_timing_cache_path": str(cache_dir),
             "trt_cuda_graph_enable": bool(cuda_graph),
-        }))
+        }
+        if stream is not None:
+            trt_opts["user_compute_stream"] = str(stream.cuda_stream)
+        out.append((needed, trt_opts))
     out.append(("CUDAExecutionProvider", cuda_opts))
     return out
 
@@ -123,22 +115,28 @@ class OrtBackend:
         self.device = torch.device(device)
         self.dtype = EXPORT_DTYPES[self.manifest["dtype"]]
         if self.dtype == torch.bfloat16:
-            raise ValueError("onnxruntime cannot run bf16 graphs here (no bf16 Conv in its CPU and CUDA EPs); "
-                             "use the tensorrt backend for bf16, or export fp16/fp32")
+            raise ValueError(f"export {self.folder} holds bf16 graphs: {NO_BF16}")
+        if cuda_graph and self.manifest["dynamic_size"]:
+            raise ValueError(f"cuda_graph needs a static-size export; {self.folder} is dynamic-size: export one with "
+                             "`dift-fast export --out DIR --image-size WxH` (without --dynamic-size)")
         self.cuda_graph = cuda_graph
-        providers = execution_providers(self.device, provider, fp16=fp16, cuda_graph=cuda_graph,
+        self._stream = None
+        if self.device.type == "cuda":
+            if self.device.index is None:
+                self.device = torch.device("cuda", torch.cuda.current_device())
+            # Capture needs a stream other than the legacy default; without a graph, torch's current stream.
+            self._stream = torch.cuda.Stream(self.device) if cuda_graph else torch.cuda.current_stream(self.device)
+        providers = execution_providers(self.device, provider, fp16=fp16, cuda_graph=cuda_graph, stream=self._stream,
                                         cache_dir=Path(engine_cache_dir or self.folder / "ort_trt_cache"))
         opts = _session_options(intra_op_threads)
         graphs = self.manifest["graphs"]
         self.unet = ort.InferenceSession(str(self.folder / graphs["unet"]["file"]), opts, providers=providers)
-        self.vae = ort.InferenceSession(str(self.folder / graphs["vae_encoder"]["file"]), opts, providers=providers)
-        self.geometry = graphs["unet"]["geometry"]
-        self.moment_channels = graphs["vae_encoder"]["outputs"][0]["shape"][1]
-        self.downsample_factor = graphs["vae_encoder"]["downsample_factor"]
-        self.fixed_context: torch.Tensor | None = None
-        if self.manifest["fixed_prompt"] is not None:
-            self.fixed_context = torch.from_numpy(np.load(self.folder / "prompt_embedding.npy"))[0]  # [77, D]
+        self.vae = (ort.InferenceSession(str(self.folder / graphs["vae_encoder"]["file"]), opts, providers=providers)
+                    if "vae_encoder" in graphs else None)  # a pixel-space backbone has no encoder graph
+        self.geometry = manifest_geometry(self.manifest)
+        self.fixed_prompt = FixedPrompt.of_export(self.folder, self.manifest)
         self._buffers: dict[tuple[str, tuple[int, ...]], tuple[int, dict[str, torch.Tensor], Any]] = {}
+        self._timesteps: dict[int, torch.Tensor] = {}
 
     @property
     def provider(self) -> str:
@@ -147,48 +145,51 @@ class OrtBackend:
     # -- Backend protocol ---------------------------------------------------------------------------------------
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.vae is None:
+            raise RuntimeError(f"export {self.folder} has no encoder graph: its backbone runs in pixel space")
         n, _, H, W = images.shape
-        f = self.downsample_factor
         (moments,) = self._run(self.vae, "vae", {"images": images.to(self.dtype)},
-                               {"moments": (n, self.moment_channels, H // f, W // f)})
-        mean, logvar = torch.chunk(moments.float(), 2, dim=1)
-        return mean, torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
+                               {"moments": (n, 2 * self.geometry.latent_channels, *self.geometry.latent_hw(H, W))})
+        return posterior(moments.float())
 
-    def features(self, latents: torch.Tensor, timestep: int, context: torch.Tensor) -> torch.Tensor:
+    def features(self, latents: torch.Tensor, timestep: int, context: torch.Tensor | None) -> torch.Tensor:
         n, _, h, w = latents.shape
-        feeds = {"x_t": latents.to(self.dtype), "timestep": torch.tensor([int(timestep)], dtype=torch.int64)}
-        if self.fixed_context is None:
+        feeds = {"x_t": latents.to(self.dtype), "timestep": self._timestep(timestep)}
+        check = None
+        if self.fixed_prompt is not None:
+            check = self.fixed_prompt.check(context)
+        elif context is not None:  # None: an unconditional backbone's graph takes no text
             feeds["encoder_hidden_states"] = context.to(self.dtype)
-        else:
-            self._check_prompt(context)
-        fh, fw = feature_hw(self.geometry, h, w)
-        (feats,) = self._run(self.unet, "unet", feeds, {"features": (n, self.geometry["channels"], fh, fw)})
+        fh, fw = self.geometry.feature_hw(h, w)
+        (feats,) = self._run(self.unet, "unet", feeds, {"features": (n, self.geometry.feature_channels, fh, fw)})
+        if check is not None:
+            check.raise_if_other()  # read after the UNet is queued
         return feats
 
     # -- running ------------------------------------------------------------------------------------------------
 
-    def _check_prompt(self, context: torch.Tensor) -> None:
-        """A fixed-prompt graph ignores ``context``; refuse rather than silently use another prompt."""
-        ref = self.fixed_context.to(context.device)
-        diff = (context.float() - ref).flatten(1).norm(dim=1) / ref.norm().clamp_min(1e-12)
-        if bool((diff > 1e-3).any()):
-            raise ValueError(f"export {self.folder} folds the prompt {self.manifest['fixed_prompt']['text']!r} into "
-                             "its graph; this extraction uses another prompt. Export without --fixed-prompt, or "
-                             "extract with that prompt")
+    def _timestep(self, t: int) -> torch.Tensor:
+        """A timestep tensor on the run's device, made once (not copied from pageable memory per call)."""
+        tensor = self._timesteps.get(int(t))
+        if tensor is None:
+            tensor = self._timesteps[int(t)] = torch.tensor([int(t)], dtype=torch.int64, device=self.device)
+        return tensor
 
     def _run(self, session: Any, key: str, feeds: dict[str, torch.Tensor],
              out_shapes: dict[str, tuple[int, ...]]) -> list[torch.Tensor]:
         if self.device.type == "cpu":
             arrays = {k: v.detach().cpu().contiguous().numpy() for k, v in feeds.items()}
             return [torch.from_numpy(o) for o in session.run(list(out_shapes), arrays)]
-        return self._run_cuda(session, key, feeds, out_shapes)
+        with torch.cuda.device(self.device):
+            return self._run_cuda(session, key, feeds, out_shapes)
 
     def _run_cuda(self, session: Any, key: str, feeds: dict[str, torch.Tensor],
                   out_shapes: dict[str, tuple[int, ...]]) -> list[torch.Tensor]:
         """I/O binding on torch CUDA tensors; with ``cuda_graph`` one captured graph per input shape."""
         import onnxruntime as ort
 
-        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        index = self.device.index
+        current = torch.cuda.current_stream(self.device)
         shape_key = (key, *(tuple(v.shape) for v in feeds.values()))
         entry = self._buffers.get(shape_key) if self.cuda_graph else None
         if entry is None:
@@ -203,33 +204,43 @@ class OrtBackend:
                 self._buffers[shape_key] = entry
         graph_id, buffers, binding = entry
         for k, v in feeds.items():
-            buffers[k].copy_(v)
+            buffers[k].copy_(v, non_blocking=True)  # on `current`; a host tensor is staged without a stream wait
         run_options = ort.RunOptions()
+        run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
         if self.cuda_graph:
             run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
-            torch.cuda.current_stream(index).synchronize()  # ORT's graph replays on its own stream
+        if self._stream != current:
+            self._stream.wait_stream(current)  # inputs written on `current` before onnxruntime reads them
         session.run_with_iobinding(binding, run_options)
+        if self._stream != current:
+            current.wait_stream(self._stream)  # outputs read on `current` after onnxruntime wrote them
         outs = [buffers[k] for k in out_shapes]
         return [o.clone() for o in outs] if self.cuda_graph else outs
 
 
-def create(components: Any, device: torch.device, dtype: torch.dtype, *, engine_dir: str | os.PathLike | None = None,
-           no_build: bool = False, provider: str | None = None, intra_op_threads: int | None = None,
-           fp16: bool = False, cuda_graph: bool = False, engine_cache_dir: str | os.PathLike | None = None,
-           check_weights: bool = True) -> OrtBackend:
-    """Entry point (``dift_fast.backends``): an :class:`OrtBackend` for loaded components.
+def _export_dtype(opts: OrtOptions, dtype: torch.dtype) -> str | None:
+    """The dtype of the graphs the backend will run: an existing export's, else the one a new export gets."""
+    if opts.export_dir is not None and (Path(opts.export_dir) / MANIFEST_NAME).is_file():
+        return load_manifest(opts.export_dir)["dtype"]
+    return dtype_name(dtype)
 
-    Args:
-        engine_dir: an export folder (``dift-fast export --out DIR``); exported there (dynamic size, ``dtype``)
-            when it holds none; default: a cache folder keyed by the export's inputs.
-        no_build: raise instead of exporting when there is no export.
-        provider: "cpu", "cuda" or "tensorrt" (onnxruntime-gpu); default from ``device``.
-        intra_op_threads: CPU threads per session (default: onnxruntime's choice).
-        fp16: TensorRT EP only: allow fp16 kernels for an fp32 graph.
-        cuda_graph: capture the CUDA EP (or TensorRT EP) run in a CUDA graph.
-        engine_cache_dir: TensorRT EP engine and timing cache (default ``engine_dir/ort_trt_cache``).
-        check_weights: verify that an existing export was made from these weights (hashes them once).
+
+def create(components: Any, device: torch.device, dtype: torch.dtype, options: OrtOptions | dict[str, Any] | None = None,
+           *, config: Any = None, **kwargs: Any) -> OrtBackend:
+    """Entry point (``dift_fast.backends``): an :class:`OrtBackend` for ``components`` on ``device``.
+
+    ``options`` is an :class:`~dift_fast.backend_options.OrtOptions`, a dict of its fields, or its fields as
+    keywords (``create(components, device, dtype, export_dir="exports/spair")``). ``dtype`` is that of a new export;
+    an existing export's dtype wins. The UNet and VAE weights are read only to export or to check an export once.
+    ``config`` (the extractor's :class:`~dift_fast.DiftConfig`): a static export of another image size is refused.
+    bf16 is refused here, before anything is exported.
     """
-    folder, manifest = resolve_export(components, dtype, engine_dir, no_build=no_build, check_weights=check_weights)
-    return OrtBackend(folder, device, manifest=manifest, provider=provider, intra_op_threads=intra_op_threads,
-                      fp16=fp16, cuda_graph=cuda_graph, engine_cache_dir=engine_cache_dir)
+    opts = backend_options_for("onnxruntime", options, **kwargs)
+    if _export_dtype(opts, dtype) == "bf16":
+        where = f"export {opts.export_dir} holds bf16 graphs" if opts.export_dir and \
+            (Path(opts.export_dir) / MANIFEST_NAME).is_file() else "the requested dtype is bf16"
+        raise ValueError(f"{where}: {NO_BF16}")
+    opts, folder, manifest = backend_export("onnxruntime", components, dtype, opts)
+    check_image_size(manifest, getattr(config, "image_size", None), folder)
+    return OrtBackend(folder, device, manifest=manifest, provider=opts.provider, intra_op_threads=opts.intra_op_threads,
+                      fp16=opts.fp16, cuda_graph=opts.cuda_graph, engine_cache_dir=opts.engine_cache_dir)

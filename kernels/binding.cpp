@@ -265,6 +265,7 @@ nb::dict build_info() {
 #else
   d["with_cuda"] = false;
 #endif
+  d["variant"] = DIFT_FAST_VARIANT;
   d["cuda_build_reason"] = DIFT_FAST_CUDA_REASON;
   d["openmp"] = dift::openmp_enabled();
   d["cxx_compiler"] = DIFT_FAST_CXX_COMPILER;

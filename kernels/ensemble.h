@@ -168,14 +168,62 @@ DIFT_HD void noise_group(int64_t t, const uint64_t* keys, int32_t ensemble, int6
 // The L2 norm over C channels is summed in kNormChunks contiguous channel chunks (each in channel order), and the
 // chunk sums are added in chunk order; both executors use this order, so CPU and CUDA agree bit for bit.
 constexpr int kNormChunks = 8;
+// Members whose loads are issued together before they are added (in order): several loads in flight per thread.
+constexpr int kMemberBatch = 4;
 
 DIFT_HD int64_t norm_chunk_begin(int64_t channels, int chunk) { return channels * chunk / kNormChunks; }
 
-template <class T>
-DIFT_HD float member_mean(const T* f, int64_t member_stride, int32_t ensemble) {
-  float acc = load(f);
-  for (int32_t e = 1; e < ensemble; ++e) acc = fadd(acc, load(f + e * member_stride));
-  return fdiv(acc, float(ensemble));
+// Element h of a 32-bit word holding 4 / sizeof(T) elements (little-endian), as float: what load() gives.
+DIFT_HD float load_from_word(uint32_t w, int, const float*) { return bits_float(w); }
+DIFT_HD float load_from_word(uint32_t w, int h, const bf16_t*) { return bits_float(h ? w & 0xFFFF0000u : w << 16); }
+DIFT_HD float load_from_word(uint32_t w, int h, const f16_t*) { return half_bits_to_float(uint16_t(h ? w >> 16 : w)); }
+
+// V consecutive elements as floats. On the device, V elements of 16 bytes are one 16-byte streaming load (the
+// caller guarantees 16-byte alignment; the features are read once, so they should not evict the mean from L2);
+// otherwise, and on the host, one load per element (the host compiler vectorises the lanes).
+template <int V, class T>
+DIFT_HD void load_vec(const T* p, float out[V]) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (V * sizeof(T) == 16) {
+    constexpr int kPerWord = 4 / sizeof(T);
+    const uint4 raw = __ldcs(reinterpret_cast<const uint4*>(p));
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+    DIFT_UNROLL
+    for (int i = 0; i < V; ++i) out[i] = load_from_word(words[i / kPerWord], i % kPerWord, p);
+  } else
+#endif
+  {
+    DIFT_UNROLL
+    for (int i = 0; i < V; ++i) out[i] = load(p + i);
+  }
+}
+
+// mean[0..V) of V consecutive pixels: members in batches of kMemberBatch (all loads of a batch first, then the
+// additions, in member order), the remainder one by one. The sum starts from member 0 itself (not 0 + f_0, which
+// would turn -0 into +0), exactly like the twin's `acc = f_0; acc += f_e`.
+template <int V, class T>
+DIFT_HD void member_mean_vec(const T* f, int64_t member_stride, int32_t ensemble, float* mean) {
+  float acc[V];
+  int32_t e = 0;
+  for (; e + kMemberBatch <= ensemble; e += kMemberBatch) {
+    float x[kMemberBatch][V];
+    DIFT_UNROLL
+    for (int k = 0; k < kMemberBatch; ++k) load_vec<V>(f + (e + k) * member_stride, x[k]);
+    DIFT_UNROLL
+    for (int k = 0; k < kMemberBatch; ++k) {
+      DIFT_UNROLL
+      for (int i = 0; i < V; ++i) acc[i] = (e + k == 0) ? x[k][i] : fadd(acc[i], x[k][i]);
+    }
+  }
+  for (; e < ensemble; ++e) {
+    float x[V];
+    load_vec<V>(f + e * member_stride, x);
+    DIFT_UNROLL
+    for (int i = 0; i < V; ++i) acc[i] = e == 0 ? x[i] : fadd(acc[i], x[i]);
+  }
+  const float count = float(ensemble);
+  DIFT_UNROLL
+  for (int i = 0; i < V; ++i) mean[i] = fdiv(acc[i], count);
 }
 
 DIFT_HD float norm_from_chunks(const float* partial, int64_t chunk_stride) {

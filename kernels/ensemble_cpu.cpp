@@ -41,30 +41,27 @@ void latents_dispatch_out(const LatentsArgs& a, int num_threads) {
   }
 }
 
-// One tile of pixels of one image: the same per-element order as the CUDA kernel (members in order, then the
-// chunked channel sum for the norm), arranged so the inner loops run over contiguous pixels.
+// One tile of pixels of one image, with the per-pixel code of ensemble.h (member_mean_vec, norm_from_chunks) in
+// the order the CUDA kernel uses: members in order, then the chunked channel sum for the norm. Runs of kCpuVector
+// contiguous pixels go through one call (the compiler vectorises across them), the tail pixel by pixel.
 constexpr int64_t kPixelTile = 64;
+constexpr int kCpuVector = 8;
 
 template <class T>
 void reduce_tile(const ReduceArgs& a, int64_t b, int64_t p0, int64_t p1) {
   const auto* feats = static_cast<const T*>(a.feats);
   const int64_t C = a.channels, P = a.pixels, n = p1 - p0;
   const int64_t member_stride = C * P;
-  float acc[kPixelTile];
   float partial[kNormChunks][kPixelTile] = {};
   for (int r = 0; r < kNormChunks; ++r) {
     for (int64_t c = norm_chunk_begin(C, r); c < norm_chunk_begin(C, r + 1); ++c) {
       const T* src = feats + (b * a.ensemble * C + c) * P + p0;
-      for (int64_t i = 0; i < n; ++i) acc[i] = load(src + i);
-      for (int32_t e = 1; e < a.ensemble; ++e) {
-        const T* member = src + e * member_stride;
-        for (int64_t i = 0; i < n; ++i) acc[i] = fadd(acc[i], load(member + i));
-      }
       float* dst = a.mean + (b * C + c) * P + p0;
-      const float count = float(a.ensemble);
-      for (int64_t i = 0; i < n; ++i) dst[i] = fdiv(acc[i], count);
+      int64_t i = 0;
+      for (; i + kCpuVector <= n; i += kCpuVector) member_mean_vec<kCpuVector>(src + i, member_stride, a.ensemble, dst + i);
+      for (; i < n; ++i) member_mean_vec<1>(src + i, member_stride, a.ensemble, dst + i);
       if (a.normalized) {
-        for (int64_t i = 0; i < n; ++i) partial[r][i] = fadd(partial[r][i], fmul(dst[i], dst[i]));
+        for (int64_t j = 0; j < n; ++j) partial[r][j] = fadd(partial[r][j], fmul(dst[j], dst[j]));
       }
     }
   }

@@ -27,44 +27,74 @@ __global__ void __launch_bounds__(kLatentsBlock)
   }
 }
 
-// Block of 32 pixels x kNormChunks channel chunks of one image: thread (x, y) averages pixel x over the channels
-// of chunk y (coalesced along pixels) and sums their squares; then the block transposes its tile through shared
-// memory to write the normalised [P, C] rows coalesced along channels.
-template <class T, bool kNormalize>
-__global__ void __launch_bounds__(32 * kNormChunks)
+// One plain 16-byte store (p 16-byte aligned). Written as PTX: from a float4 assignment nvcc split the fp32
+// kernel's store into four, and __stwb() became a STRONG.SM store in the SASS.
+__device__ __forceinline__ void store4(float* p, float a, float b, float c, float d) {
+  asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(a), "f"(b), "f"(c), "f"(d) : "memory");
+}
+
+// Block of 32 threads x kNormChunks channel chunks for a tile of 32·V pixels of one image: thread (x, y) averages
+// V consecutive pixels over the channels of chunk y, reading each member with one V-element (16-byte when V > 1)
+// load, coalesced along pixels, and sums the means' squares; then the block transposes its tile through shared
+// memory, 32 pixels at a time, to write the normalised [P, C] rows coalesced along channels.
+// V > 1 needs P % V == 0 and 16-byte aligned feats and mean (the launcher checks; otherwise it launches V = 1).
+// At least 3 blocks per SM (<= 85 registers): with the plain bound ptxas capped the bf16 normalising variant at
+// 64 registers and spilled 2 in the channel loop (sm_90, nvcc 13.0); 3 x 256 threads with 4 16-byte loads in
+// flight each are ~48 KB in flight per SM, above what HBM3e needs to stream at full rate.
+template <class T, int V, bool kNormalize>
+__global__ void __launch_bounds__(32 * kNormChunks, 3)
     reduce_kernel(const T* __restrict__ feats, float* mean, float* __restrict__ normalized, int64_t batch,
                   int64_t channels, int64_t pixels, int32_t ensemble) {
-  __shared__ float partial[kNormChunks][32];
-  __shared__ float norms[32];
+  constexpr int kTile = 32 * V;
+  __shared__ float partial[kNormalize ? kNormChunks : 1][kNormalize ? kTile : 1];
+  __shared__ float norms[kNormalize ? kTile : 1];
   __shared__ float tile[32][33];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t C = channels, P = pixels;
-  const int64_t p0 = int64_t(blockIdx.x) * 32, p = p0 + tx;
+  const int64_t p0 = int64_t(blockIdx.x) * kTile, p = p0 + int64_t(tx) * V;  // p < P implies p + V <= P
   for (int64_t b = blockIdx.y; b < batch; b += gridDim.y) {
-    float ss = 0.0f;
+    float ss[V] = {};
     if (p < P) {
       for (int64_t c = norm_chunk_begin(C, ty); c < norm_chunk_begin(C, ty + 1); ++c) {
-        const float m = member_mean(feats + (b * ensemble * C + c) * P + p, C * P, ensemble);
-        mean[(b * C + c) * P + p] = m;
-        if (kNormalize) ss = fadd(ss, fmul(m, m));
+        float m[V];
+        member_mean_vec<V>(feats + (b * ensemble * C + c) * P + p, C * P, ensemble, m);
+        float* dst = mean + (b * C + c) * P + p;
+        if constexpr (V % 4 == 0) {
+          DIFT_UNROLL
+          for (int i = 0; i < V; i += 4) {
+            store4(dst + i, m[i], m[i + 1], m[i + 2], m[i + 3]);
+          }
+        } else {
+          DIFT_UNROLL
+          for (int i = 0; i < V; ++i) dst[i] = m[i];
+        }
+        if constexpr (kNormalize) {
+          DIFT_UNROLL
+          for (int i = 0; i < V; ++i) ss[i] = fadd(ss[i], fmul(m[i], m[i]));
+        }
       }
     }
-    if (!kNormalize) continue;
-    partial[ty][tx] = ss;
-    __syncthreads();  // also makes this block's writes of `mean` visible to the whole block
-    if (ty == 0) norms[tx] = norm_from_chunks(&partial[0][tx], 32);
-    __syncthreads();
-    for (int64_t c0 = 0; c0 < C; c0 += 32) {
-      for (int k = ty; k < 32; k += kNormChunks) {
-        const int64_t c = c0 + k;
-        tile[k][tx] = (c < C && p < P) ? mean[(b * C + c) * P + p] : 0.0f;
-      }
+    if constexpr (kNormalize) {
+      DIFT_UNROLL
+      for (int i = 0; i < V; ++i) partial[ty][tx * V + i] = ss[i];
+      __syncthreads();  // also makes this block's writes of `mean` visible to the whole block
+      for (int q = ty * 32 + tx; q < kTile; q += 32 * kNormChunks) norms[q] = norm_from_chunks(&partial[0][q], kTile);
       __syncthreads();
-      for (int k = ty; k < 32; k += kNormChunks) {
-        const int64_t q = p0 + k, c = c0 + tx;
-        if (q < P && c < C) normalized[(b * P + q) * C + c] = fdiv(tile[tx][k], norms[k]);
+      for (int s = 0; s < V; ++s) {  // 32-pixel sub-tiles
+        const int64_t ps = p0 + 32 * s;
+        for (int64_t c0 = 0; c0 < C; c0 += 32) {
+          for (int k = ty; k < 32; k += kNormChunks) {
+            const int64_t c = c0 + k;
+            tile[k][tx] = (c < C && ps + tx < P) ? mean[(b * C + c) * P + ps + tx] : 0.0f;
+          }
+          __syncthreads();
+          for (int k = ty; k < 32; k += kNormChunks) {
+            const int64_t q = ps + k, c = c0 + tx;
+            if (q < P && c < C) normalized[(b * P + q) * C + c] = fdiv(tile[tx][k], norms[32 * s + k]);
+          }
+          __syncthreads();
+        }
       }
-      __syncthreads();
     }
   }
 }
@@ -117,17 +147,30 @@ void launch_latents_out(const LatentsArgs& a, cudaStream_t stream) {
   }
 }
 
-template <class T>
-void launch_reduce(const ReduceArgs& a, cudaStream_t stream) {
-  const dim3 grid(blocks_for(a.pixels, 32), unsigned(a.batch < kMaxGridY ? a.batch : kMaxGridY));
+template <class T, int V>
+void launch_reduce_v(const ReduceArgs& a, cudaStream_t stream) {
+  const dim3 grid(blocks_for(a.pixels, 32 * V), unsigned(a.batch < kMaxGridY ? a.batch : kMaxGridY));
   const dim3 block(32, kNormChunks);
   const auto* feats = static_cast<const T*>(a.feats);
   if (a.normalized) {
-    reduce_kernel<T, true><<<grid, block, 0, stream>>>(feats, a.mean, a.normalized, a.batch, a.channels, a.pixels,
-                                                       a.ensemble);
+    reduce_kernel<T, V, true><<<grid, block, 0, stream>>>(feats, a.mean, a.normalized, a.batch, a.channels, a.pixels,
+                                                          a.ensemble);
   } else {
-    reduce_kernel<T, false><<<grid, block, 0, stream>>>(feats, a.mean, nullptr, a.batch, a.channels, a.pixels,
-                                                        a.ensemble);
+    reduce_kernel<T, V, false><<<grid, block, 0, stream>>>(feats, a.mean, nullptr, a.batch, a.channels, a.pixels,
+                                                           a.ensemble);
+  }
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// 16-byte loads when every row starts 16-byte aligned (P a multiple of the vector, aligned bases), else scalar.
+template <class T>
+void launch_reduce(const ReduceArgs& a, cudaStream_t stream) {
+  constexpr int kVector = 16 / sizeof(T);
+  if (a.pixels % kVector == 0 && aligned16(a.feats) && aligned16(a.mean)) {
+    launch_reduce_v<T, kVector>(a, stream);
+  } else {
+    launch_reduce_v<T, 1>(a, stream);
   }
 }
 
@@ -150,7 +193,7 @@ const char* ensemble_latents_cuda(const LatentsArgs& a, int device, void* stream
 
 const char* ensemble_reduce_cuda(const ReduceArgs& a, int device, void* stream) {
   if (a.batch == 0 || a.pixels == 0 || a.channels == 0) return nullptr;
-  if (a.pixels / 32 >= (int64_t(1) << 31)) return kTooLarge;
+  if (a.pixels / 32 >= (int64_t(1) << 31)) return kTooLarge;  // the scalar kernel's grid, the largest
   return on_device(device, [&] {
     auto s = static_cast<cudaStream_t>(stream);
     switch (a.dtype) {

@@ -14,6 +14,13 @@
 #define DIFT_HD inline
 #endif
 
+// Full unrolling of fixed-trip loops in device code (registers arrays stay in registers); nothing on the host.
+#if defined(__CUDA_ARCH__)
+#define DIFT_UNROLL _Pragma("unroll")
+#else
+#define DIFT_UNROLL
+#endif
+
 namespace dift {
 
 constexpr uint32_t kPhiloxM0 = 0xD2511F53u;
@@ -28,9 +35,7 @@ constexpr uint32_t kDiffusionStream = 1;  // ε₂: the forward-diffusion noise
 // Philox4x32-10 (Salmon et al., SC'11): counter words c[0..3], key words k0, k1 -> out[0..3].
 DIFT_HD void philox4x32_10(const uint32_t c[4], uint32_t k0, uint32_t k1, uint32_t out[4]) {
   uint32_t c0 = c[0], c1 = c[1], c2 = c[2], c3 = c[3];
-#if defined(__CUDA_ARCH__)
-#pragma unroll
-#endif
+  DIFT_UNROLL
   for (int round = 0; round < 10; ++round) {
     const uint64_t p0 = uint64_t(kPhiloxM0) * c0;
     const uint64_t p1 = uint64_t(kPhiloxM1) * c2;

@@ -2,14 +2,54 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+
+import dift_fast
+
+
+def _export_from_source_checkout() -> None:
+    """Make ``dift_fast.export`` importable from a source checkout too (PYTHONPATH=. with nothing installed).
+
+    An installed dift-fast maps the top-level ``export/`` folder to ``dift_fast.export``; a plain checkout has no
+    such package, so it is registered here from the same folder (the files an install would map).
+    """
+    if importlib.util.find_spec("dift_fast.export") is not None:
+        return
+    folder = Path(__file__).resolve().parents[1] / "export"
+    spec = importlib.util.spec_from_file_location("dift_fast.export", folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["dift_fast.export"] = module
+    spec.loader.exec_module(module)
+    dift_fast.export = module
+
+
+_export_from_source_checkout()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Everything dift-fast caches during the tests goes to a temp folder, never to the user's ~/.cache."""
+    saved = os.environ.get("DIFT_FAST_CACHE")
+    os.environ["DIFT_FAST_CACHE"] = str(tmp_path_factory.mktemp("dift-fast-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("DIFT_FAST_CACHE", None)
+    else:
+        os.environ["DIFT_FAST_CACHE"] = saved
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
     """Path of a tiny random diffusers pipeline (unet, vae, text_encoder, tokenizer, scheduler)."""
+    pytest.importorskip("diffusers", reason="the tiny model needs diffusers (a dependency: pip install diffusers)")
     from dift_fast.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pipeline")
@@ -28,7 +68,7 @@ def tiny_extractor_factory(tiny_model_dir):
             "spair",
             **{"model": str(tiny_model_dir), "ensemble_size": 2, "image_size": (64, 48), "device": "cpu", **overrides},
         )
-        key = (config.up_ft_index, config.dtype)  # backends cast modules in place: one copy per dtype
+        key = config.up_ft_index  # backends run placed copies and never move these: one set serves every dtype
         if key not in cache:
             cache[key] = load_components(config.model, None, config.up_ft_index)
         return DiftExtractor(cache[key], config)

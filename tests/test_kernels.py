@@ -17,9 +17,19 @@ from test_noise import KAT  # tests/ is on sys.path (rootdir-relative, no packag
 
 from dift_fast import _native, _torch_impl, noise, ops
 
-C = pytest.importorskip("dift_fast._C", reason="the native extension dift_fast._C is not built")
+C = pytest.importorskip("dift_fast._C", reason=f"dift_fast._C is not built: {_native.build_record()['reason']}")
 
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+def cuda_kernels_skip_reason() -> str | None:
+    """Why the CUDA kernel tests cannot run here (no GPU, or a build without usable CUDA kernels), or None."""
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU"
+    reason = _native.cuda_unusable_reason(torch.cuda.current_device())
+    return None if reason is None else f"the CUDA kernels cannot run here: {reason}"
+
+
+_CUDA_SKIP = cuda_kernels_skip_reason()
+needs_gpu = pytest.mark.skipif(_CUDA_SKIP is not None, reason=_CUDA_SKIP or "")
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SQRT_A, SQRT_1MA, SCALE = 0.80973, 0.58680, 0.18215  # t = 261, SD's VAE scaling factor
 
@@ -191,11 +201,14 @@ def test_latents_read_every_half_bit_pattern(in_dtype):
 
 # ------------------------------------------------------------------------------------------------- ensemble_reduce
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize(("b", "e", "c", "h", "w"), [(2, 3, 40, 9, 11), (1, 1, 5, 8, 8), (3, 4, 1, 3, 70)])
+@pytest.mark.parametrize(
+    ("b", "e", "c", "h", "w"),
+    [(2, 3, 40, 9, 11), (1, 1, 5, 8, 8), (3, 4, 1, 3, 70), (2, 6, 33, 4, 6), (1, 9, 8, 5, 13)],
+)  # E = 6, 9: member batches of 4 plus a remainder; P = 24: vectors only; P = 65, 99, 210: vectors and a tail
 def test_reduce_native_equals_twin(dtype, b, e, c, h, w):
     feats = torch.randn(b * e, c, h, w).to(dtype)
-    mean_n, norm_n = ops.ensemble_reduce(feats, e, normalized=True, use_native=True)
-    mean_t, norm_t = ops.ensemble_reduce(feats, e, normalized=True, use_native=False)
+    mean_n, norm_n = ops.ensemble_reduce_normalized(feats, e, use_native=True)
+    mean_t, norm_t = ops.ensemble_reduce_normalized(feats, e, use_native=False)
     torch.testing.assert_close(mean_n, mean_t, rtol=0, atol=0)
     assert norm_n.shape == (b, h, w, c) and norm_n.is_contiguous()
     # torch.linalg.vector_norm sums the C squares in its own order; the kernel uses a fixed chunked order
@@ -207,7 +220,7 @@ def test_reduce_native_equals_twin(dtype, b, e, c, h, w):
 def test_reduce_matches_torch_mean_and_normalize():
     b, e, c, h, w = 2, 8, 96, 12, 10
     feats = torch.randn(b * e, c, h, w, dtype=torch.float16)
-    mean, normed = ops.ensemble_reduce(feats, e, normalized=True, use_native=True)
+    mean, normed = ops.ensemble_reduce_normalized(feats, e, use_native=True)
     ref = feats.float().reshape(b, e, c, h, w).mean(1)
     # torch.mean may sum the 8 members in another order: a few float32 ulp of the largest partial sum
     torch.testing.assert_close(mean, ref, rtol=1e-6, atol=1e-6)
@@ -219,11 +232,19 @@ def test_reduce_matches_torch_mean_and_normalize():
 def test_reduce_zero_vectors_and_empty_batch():
     feats = torch.zeros(4, 3, 2, 2)
     feats[:, :, 0, 0] = 1.0
-    _mean, normed = ops.ensemble_reduce(feats, 2, normalized=True, use_native=True)
+    _mean, normed = ops.ensemble_reduce_normalized(feats, 2, use_native=True)
     assert normed[:, 1:].abs().sum() == 0 and normed[:, 1, 1].abs().sum() == 0
     torch.testing.assert_close(normed[:, 0, 0], torch.full((2, 3), 1 / math.sqrt(3)))
-    empty_mean, empty_norm = ops.ensemble_reduce(torch.zeros(0, 3, 2, 2), 2, normalized=True, use_native=True)
+    empty_mean, empty_norm = ops.ensemble_reduce_normalized(torch.zeros(0, 3, 2, 2), 2, use_native=True)
     assert empty_mean.shape == (0, 3, 2, 2) and empty_norm.shape == (0, 2, 2, 3)
+
+
+def test_reduce_keeps_the_sign_of_zero():
+    """The sum starts from member 0 itself, as the twin does (0 + -0 would be +0)."""
+    feats = torch.full((10, 3, 4, 4), -0.0)
+    for use_native in (True, False):
+        mean = ops.ensemble_reduce(feats, 5, use_native=use_native)
+        assert torch.signbit(mean).all(), use_native
 
 
 def test_reduce_non_contiguous_input():
@@ -348,9 +369,11 @@ def test_extractor_path_uses_the_kernels_by_default():
 
 
 def test_builds_without_cuda(tmp_path):
-    """`pip wheel` with DIFT_FAST_CUDA=OFF (what a machine without a toolkit gets) builds a CPU-only module."""
+    """`pip wheel` with DIFT_FAST_CUDA=AUTO and no nvcc (what a machine without a toolkit gets) builds a CPU-only
+    module and records why, with the way to get the CUDA kernels (issue 10: AUTO used to say nothing)."""
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "DIFT_FAST_CUDA": "OFF", "CMAKE_BUILD_PARALLEL_LEVEL": "2"}
+    no_nvcc = str(tmp_path / "no-such-nvcc")
+    env = {**os.environ, "DIFT_FAST_CUDA": "AUTO", "CUDACXX": no_nvcc, "CMAKE_BUILD_PARALLEL_LEVEL": "2"}
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q", "-w", str(tmp_path),
          "-C", f"build-dir={tmp_path / 'build'}", str(root)],
@@ -360,16 +383,20 @@ def test_builds_without_cuda(tmp_path):
     with zipfile.ZipFile(wheel) as z:
         (so,) = [n for n in z.namelist() if n.startswith("dift_fast/_C.")]
         z.extract(so, tmp_path / "x")
+        record = z.read("dift_fast/_build_info.py").decode()
     code = (
         "import importlib.util, sys\n"
         f"spec = importlib.util.spec_from_file_location('dift_fast._C', {str(tmp_path / 'x' / so)!r})\n"
         "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
-        "assert m.with_cuda is False and 'DIFT_FAST_CUDA=OFF' in m.cuda_build_reason, m.cuda_build_reason\n"
+        "r = m.cuda_build_reason\n"
+        "assert m.with_cuda is False and m.build_info()['variant'] == 'cpu', r\n"
+        "assert 'DIFT_FAST_CUDA=AUTO found no working CUDA compiler' in r and 'DIFT_FAST_CUDA=ON' in r, r\n"
         "import numpy as np\n"
         "c = np.zeros((1, 4), np.uint32); o = np.zeros((1, 4), np.uint32)\n"
         "m.philox4x32_10_cpu(c, 0, 0, o); assert o[0, 0] == 0x6627E8D5\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert '"variant": "cpu"' in record and "DIFT_FAST_CUDA=AUTO found no working CUDA compiler" in record
 
 
 # ------------------------------------------------------------------------------------------------- CUDA == CPU
@@ -412,11 +439,33 @@ def test_cuda_latents_equal_cpu(out_dtype):
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_cuda_reduce_equals_cpu(dtype):
     feats = torch.randn(3 * 4, 70, 9, 13).to(dtype)
-    mean_c, norm_c = ops.ensemble_reduce(feats, 4, normalized=True, use_native=True)
-    mean_g, norm_g = ops.ensemble_reduce(feats.cuda(), 4, normalized=True, use_native=True)
+    mean_c, norm_c = ops.ensemble_reduce_normalized(feats, 4, use_native=True)
+    mean_g, norm_g = ops.ensemble_reduce_normalized(feats.cuda(), 4, use_native=True)
     assert torch.equal(mean_g.cpu(), mean_c) and torch.equal(norm_g.cpu(), norm_c)  # same order, IEEE ops
     # torch on CUDA divides by E as a multiply by 1/E: exact for E = 4, so the twin matches bit for bit here
     torch.testing.assert_close(mean_g, ops.ensemble_reduce(feats.cuda(), 4, use_native=False), rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("layout", ["vector", "misaligned", "tail"])
+def test_cuda_reduce_vector_and_scalar_paths_equal_cpu(dtype, layout):
+    """16-byte loads (P a multiple of the vector, aligned), the scalar fallback for a misaligned base, and a P that
+    is no multiple of the vector: all equal the CPU kernel bit for bit; E = 6 covers a member batch + remainder."""
+    b, e, c = 2, 6, 40
+    h, w = (8, 12) if layout != "tail" else (7, 11)
+    n = b * e * c * h * w
+    host = torch.randn(n + 1).to(dtype)
+    feats = (host[1:] if layout == "misaligned" else host[:n]).reshape(b * e, c, h, w)
+    gpu = (torch.empty(n + 1, dtype=dtype, device="cuda")[1:] if layout == "misaligned" else
+           torch.empty(n, dtype=dtype, device="cuda")).reshape(b * e, c, h, w)
+    gpu.copy_(feats)
+    assert (gpu.data_ptr() % 16 == 0) == (layout != "misaligned")
+    mean_c, norm_c = ops.ensemble_reduce_normalized(feats, e, use_native=True)
+    mean_g, norm_g = ops.ensemble_reduce_normalized(gpu, e, use_native=True)
+    assert torch.equal(mean_g.cpu(), mean_c) and torch.equal(norm_g.cpu(), norm_c)
+    assert torch.equal(ops.ensemble_reduce(gpu, e, use_native=True).cpu(), mean_c)
 
 
 @pytest.mark.gpu

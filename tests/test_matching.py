@@ -9,8 +9,6 @@ import torch.nn.functional as F
 
 from dift_fast.faiss_utils import faiss_available, faiss_gpu_count
 from dift_fast.matching import (
-    _linear_weights,
-    _upsampled_inverse_norms,
     cosine_maps,
     dense_mutual_nearest_neighbors,
     match_points,
@@ -18,6 +16,7 @@ from dift_fast.matching import (
     mutual_nearest_neighbors,
     sample_descriptors,
 )
+from dift_fast.matching.transfer import _linear_weights, _upsampled_inverse_norms
 
 # ---------------------------------------------------------------------------------------------------------------
 # Feature maps
@@ -151,6 +150,75 @@ def test_match_points_chunking_and_dtypes_do_not_change_answers():
     assert torch.equal(xy, xy7) and torch.equal(cos, cos7)
     xy_b, _ = match_points(src[None].double(), tgt[None].double(), pts.double(), (45, 41), (37, 53))
     assert torch.equal(xy, xy_b)  # [1, C, h, w] inputs, float64 maps and float points are accepted
+
+
+def near_tie_pair(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A target map whose cells are all one vector up to 1e-6 relative noise, and a source map holding that vector
+    at cell (3, 3): every target pixel's cosine with the query is within float32 rounding of the others, so the
+    argmax is decided by rounding alone. Returns (src [C, 8, 8], tgt [C, 12, 12], query pixels [5, 2])."""
+    c = 256
+    base = torch.randn(c, generator=gen)
+    tgt = base[:, None, None] * (1 + 1e-6 * torch.randn(1, 12, 12, generator=gen)) + 1e-6 * torch.randn(
+        c, 12, 12, generator=gen)
+    src = torch.randn(c, 8, 8, generator=gen)
+    src[:, 3, 3] = base
+    src[:, 4, 5] = base * (1 + 1e-6 * torch.randn(c, generator=gen))
+    return src, tgt, torch.tensor([[42, 42], [43, 41], [65, 53], [64, 54], [60, 50]])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_match_points_answer_for_a_point_does_not_depend_on_the_others(threads):
+    """At float32 near-ties a point alone and the same point among many others get the same target and score."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(11)
+        src, tgt, queries = near_tie_pair(gen)
+        size = (96, 96)
+        others = torch.randint(0, 96, (40, 2), generator=gen)
+        for q in queries:
+            alone_xy, alone_cos = match_points(src, tgt, q[None], size, size)
+            for pos, count in ((0, 1), (0, 2), (7, 16), (16, 17), (39, 40)):
+                pts = torch.cat([others[:pos], q[None], others[pos:count]])
+                for chunk in (None, 1, 5):
+                    xy, cos = match_points(src, tgt, pts, size, size, chunk=chunk)
+                    assert torch.equal(xy[pos], alone_xy[0]), (q.tolist(), pos, count, chunk)
+                    assert torch.equal(cos[pos], alone_cos[0]), (q.tolist(), pos, count, chunk)
+            many_xy, _ = match_points(src, tgt, pts, size, size, top_k=3)
+            top_xy, _ = match_points(src, tgt, q[None], size, size, top_k=3)
+            assert torch.equal(many_xy[pos], top_xy[0])
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("bad", [
+    [[float("nan"), 3.0]], [[1.0, float("inf")]], [[1e30, 2.0]], [[-1e30, 2.0]], [[10**20, 2]], [[2**62, 0]],
+    [[1, 2, 3]], [[True, False]], [[[1, 2]]], [["a", "b"]], [[1, 2], [3]],
+])
+def test_every_point_entry_point_refuses_bad_points_clearly(bad):
+    from dift_fast.pair import ImageFeatures, match_pair
+
+    gen = torch.Generator().manual_seed(1)
+    src, tgt = random_map(8, 6, 7, gen), random_map(8, 6, 7, gen)
+    with pytest.raises(ValueError, match=r"src_points|outside|not finite|must be"):
+        match_points(src, tgt, bad, (56, 48), (56, 48))
+    with pytest.raises(ValueError, match=r"src_points|outside|not finite|must be"):
+        match_points_reference(src, tgt, bad, (56, 48), (56, 48))
+    with pytest.raises(ValueError, match=r"points|outside|not finite|must be"):
+        sample_descriptors(src, bad, (56, 48))
+    f0, f1 = ImageFeatures(src, "a", (56, 48)), ImageFeatures(tgt, "b", (56, 48))
+    with pytest.raises(ValueError, match=r"points0|outside|not finite|must be"):
+        match_pair(None, f0, f1, points0=bad)
+
+
+def test_huge_point_names_its_value_not_a_wrapped_integer():
+    gen = torch.Generator().manual_seed(2)
+    src, tgt = random_map(8, 6, 7, gen), random_map(8, 6, 7, gen)
+    with pytest.raises(ValueError, match=r"src_points\[1\] = \(1e\+30, 2\) is outside the 56x48 image"):
+        match_points(src, tgt, [[1.0, 2.0], [1e30, 2.0]], (56, 48), (56, 48))
+    with pytest.raises(ValueError, match=r"points\[0\] = \(-5, 2\) is outside the 56x48 image"):
+        sample_descriptors(src, [[-5.0, 2.0]], (56, 48))
+    sample_descriptors(src, [[-0.5, -0.5], [55.5, 47.5]], (56, 48))  # hloc's pixel-centre range is accepted
 
 
 def test_match_points_top_k_matches_sorted_reference():

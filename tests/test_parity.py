@@ -6,10 +6,14 @@ import functools
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
 
-from dift_fast import DiftExtractor
+diffusers = pytest.importorskip("diffusers", reason="the parity tests need diffusers (pip install diffusers)")
+transformers = pytest.importorskip("transformers", reason="the parity tests need transformers")
+AutoencoderKL, DDIMScheduler = diffusers.AutoencoderKL, diffusers.DDIMScheduler
+UNet2DConditionModel = diffusers.UNet2DConditionModel
+CLIPTextModel, CLIPTokenizer = transformers.CLIPTextModel, transformers.CLIPTokenizer
+
+from dift_fast import DiftExtractor  # noqa: E402
 
 
 @functools.cache

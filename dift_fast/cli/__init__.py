@@ -8,7 +8,7 @@ import logging
 import sys
 
 # Subcommand modules in dift_fast.cli, in the order `dift-fast --help` lists them.
-SUBCOMMANDS = ("extract", "match", "index", "store", "info", "eval", "export", "bench")
+SUBCOMMANDS = ("extract", "match", "match_pairs", "edit", "index", "store", "info", "eval", "sweep", "export", "bench")
 
 EPILOG = """examples:
   dift-fast info --model tiny-random                 # offline smoke test of the install
@@ -48,11 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        from .common import check_needs
+
+        check_needs(args)  # a missing optional package is named before any work starts
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError, FloatingPointError) as err:  # a user's input or environment
         if args.verbose:
             raise
         print(f"dift-fast {args.command}: error: {err}", file=sys.stderr)

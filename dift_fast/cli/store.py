@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
+import re
+import sys
+
+from .common import declare_needs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,13 +24,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     h5.add_argument("store")
     h5.add_argument("out", help="OUT.h5")
     h5.add_argument("--overwrite", action="store_true", help="replace OUT.h5 if it exists")
+    h5.add_argument("--cell", default=None, metavar="T,BLOCK",
+                    help="for a store grid (extract --timesteps/--blocks): the (t, block) cell to export, e.g. 261,1")
+    h5.epilog = "Exit code 1 when damaged images (checksum mismatch) were left out; they are listed."
     h5.set_defaults(func=run_export_h5)
+    declare_needs(h5, lambda args: [("colmap", "store export-h5", ("h5py",))])
 
 
 def run_info(args: argparse.Namespace) -> int:
     from ..store import FeatureStore
+    from ..store.grid import StoreGrid, is_store_grid
 
-    store = FeatureStore.open(args.store)
+    store = StoreGrid.open(args.store) if is_store_grid(args.store) else FeatureStore.open(args.store)
     print(json.dumps(store.info(), indent=1, sort_keys=True))
     if args.failures:
         for name, reason in sorted(store.failures().items()):
@@ -33,12 +44,25 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_export_h5(args: argparse.Namespace) -> int:
-    from ..store import FeatureStore, export_h5
+    from ..grid import parse_cell
+    from ..store import export_h5
 
-    store = FeatureStore.open(args.store)
+    cell = parse_cell(args.cell) if args.cell is not None else None
     try:
-        out = export_h5(store, args.out, overwrite=args.overwrite)
+        result = export_h5(args.store, args.out, overwrite=args.overwrite, cell=cell)
     except FileExistsError as err:
         raise ValueError(str(err)) from None
-    print(f"wrote {out}: {len(store)} images")
+    except OSError as err:  # h5py's messages are long; say what happened and that nothing was left behind
+        code = err.errno
+        if code is None and (found := re.search(r"errno = (\d+)", str(err))):  # h5py puts it in the message
+            code = int(found.group(1))
+        reason = os.strerror(code) if code else str(err)
+        print(f"dift-fast store: stopped: could not write {args.out} ({reason}); nothing was written", file=sys.stderr)
+        return 3 if code in (errno.ENOSPC, errno.EDQUOT) else 2
+    print(f"wrote {result.path}: {result.images} images")
+    for reason in result.skipped.values():
+        print(f"  skipped: {reason}", file=sys.stderr)
+    if result.skipped:
+        print(f"{len(result.skipped)} damaged image(s) left out of {result.path}", file=sys.stderr)
+        return 1
     return 0

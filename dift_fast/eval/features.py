@@ -1,8 +1,15 @@
 """Features for a benchmark: computed once per image, kept on disk, reloaded on the next run (resumable).
 
-The cache folder holds one sub-folder per feature fingerprint (everything in the config that changes the
-numbers), and in it one safetensors file per image, named by a hash of the image's identity string. Files are
-written to a temporary name and renamed, so an interrupted run leaves only complete entries behind.
+The cache folder holds one sub-folder per feature identity (:mod:`dift_fast.identity`: the model's weights, the
+settings that change the numbers, and what ran: backend, graph dtype, device type), and in it one safetensors
+file per image, named by a hash of the image's identity string. A CPU fp32 run and a GPU bf16 run therefore never
+share entries. Files are written atomically (:mod:`dift_fast.atomic`), so an interrupted run leaves only
+complete entries behind.
+
+A :class:`GridFeatureCache` is one such cache per (t, block) cell of a grid (``dift-fast sweep``). Its cell caches
+are ordinary :class:`FeatureCache` s, handed to the unchanged benchmark runners; when a runner asks
+:func:`ensure_features` for an image, every cell that lacks it is computed from one network pass per t
+(``extract_grid_prepared``), so the runners of the other cells find it cached.
 """
 
 from __future__ import annotations
@@ -11,20 +18,18 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import DiftConfig
+from ..atomic import atomic_path, write_atomic
+from ..identity import extractor_identity, identity_digest
 from ..images import PreparedImage
 
-__all__ = ["FeatureCache", "ImageItem", "ensure_features", "file_identity"]
-
-# Config fields that do not change the features (where they run, how many at once, the preset's name).
-_NEUTRAL_FIELDS = ("device", "batch_size", "preset")
+__all__ = ["FeatureCache", "GridFeatureCache", "ImageItem", "ensure_features", "file_identity"]
 
 
 @dataclass
@@ -43,22 +48,37 @@ def file_identity(path: str | os.PathLike, *extra: Any) -> str:
     return json.dumps(["file", digest, *extra])
 
 
-def config_fingerprint(config: DiftConfig) -> str:
-    data = {k: v for k, v in config.to_dict().items() if k not in _NEUTRAL_FIELDS}
-    return hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=8).hexdigest()
-
-
 class FeatureCache:
-    """On-disk features of one configuration, with a small in-memory LRU for pair-wise access."""
+    """On-disk features of one feature identity, with a small in-memory LRU for pair-wise access.
 
-    def __init__(self, root: str | os.PathLike, config: DiftConfig, memory_items: int = 64) -> None:
-        self.dir = Path(root) / config_fingerprint(config)
+    Args:
+        root: the cache folder (one sub-folder per identity).
+        identity: the extractor whose features are cached (its identity is taken from what it runs), or a
+            feature identity dict (:func:`dift_fast.identity.feature_identity`).
+        memory_items: feature maps kept in memory.
+    """
+
+    def __init__(self, root: str | os.PathLike, identity: Any, memory_items: int = 64) -> None:
+        if not isinstance(identity, Mapping):
+            if not hasattr(identity, "extract_prepared"):
+                raise TypeError(
+                    "FeatureCache takes the extractor (or its feature identity dict), got "
+                    f"{type(identity).__name__}: a config alone does not say what ran (backend, graph dtype, device)"
+                )
+            identity = extractor_identity(identity)
+        self.identity = json.loads(json.dumps(dict(identity), sort_keys=True))
+        self.dir = Path(root) / identity_digest(self.identity)[:16]
         self.dir.mkdir(parents=True, exist_ok=True)
-        meta = self.dir / "config.json"
+        meta = self.dir / "identity.json"
         if not meta.exists():
-            meta.write_text(config.to_json() + "\n")
+            write_atomic(meta, json.dumps(self.identity, indent=1, sort_keys=True) + "\n")
         self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._memory_items = memory_items
+        self.grid: GridFeatureCache | None = None  # set when this cache is one cell of a grid
+
+    def clear_memory(self) -> None:
+        """Forget the in-memory copies (the files stay)."""
+        self._memory.clear()
 
     def path(self, ident: str) -> Path:
         digest = hashlib.blake2b(ident.encode(), digest_size=16).hexdigest()
@@ -70,14 +90,8 @@ class FeatureCache:
     def put(self, ident: str, features: torch.Tensor) -> None:  # features: [C, h, w]
         from safetensors.torch import save_file
 
-        path = self.path(ident)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
+        with atomic_path(self.path(ident)) as tmp:
             save_file({"features": features.detach().cpu().contiguous()}, str(tmp), metadata={"ident": ident})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def get(self, ident: str) -> torch.Tensor:  # [C, h, w]
         """Features of ``ident`` (KeyError when they were never computed)."""
@@ -89,7 +103,11 @@ class FeatureCache:
             raise KeyError(f"no cached features for {ident}")
         from safetensors.torch import load_file
 
-        feats = load_file(str(path))["features"]
+        try:
+            feats = load_file(str(path))["features"]
+        except Exception as err:  # a damaged entry (disk error, killed copy): say which file, never a traceback
+            raise ValueError(f"cached features {path} are damaged ({err}); delete that file and rerun to "
+                             "recompute them") from None
         self._memory[ident] = feats
         if len(self._memory) > self._memory_items:
             self._memory.popitem(last=False)
@@ -107,8 +125,11 @@ def ensure_features(
     """Compute and cache the features of every item that is not cached yet; returns how many were computed.
 
     Items are extracted ``config.batch_size`` at a time and each batch is written before the next starts, so an
-    interrupted run resumes where it stopped. Items with the same identity are computed once.
+    interrupted run resumes where it stopped. Items with the same identity are computed once. When ``cache`` is a
+    cell of a :class:`GridFeatureCache`, every cell of the grid is filled in the same pass (:meth:`GridFeatureCache.ensure`).
     """
+    if cache.grid is not None:
+        return cache.grid.ensure(items, progress=progress, desc=desc)
     seen: set[str] = set()
     missing = []
     for item in items:
@@ -134,3 +155,69 @@ def ensure_features(
         bar.update(len(chunk))
     bar.close()
     return len(missing)
+
+
+class GridFeatureCache:
+    """One :class:`FeatureCache` per (t, block) cell, filled together from one network pass per image and t.
+
+    Args:
+        root: the cache folder (each cell's features go to its identity's sub-folder, shared with ``dift-fast
+            eval``: a cell's features are those of an extractor configured for it).
+        extractor: the grid's extractor (its network loaded for the grid's deepest block).
+        cells: the (t, block) cells.
+    """
+
+    def __init__(self, root: str | os.PathLike, extractor: Any, cells: Sequence[tuple[int, int]],
+                 memory_items: int = 64) -> None:
+        from ..identity import extractor_identity
+
+        extractor.grid_plan(cells=list(cells))  # every cell computable by this extractor (else ValueError)
+        self.extractor = extractor
+        self.caches: dict[tuple[int, int], FeatureCache] = {}
+        for t, k in cells:
+            cache = FeatureCache(root, extractor_identity(extractor, t=t, block=k), memory_items)
+            cache.grid = self
+            self.caches[(t, k)] = cache
+
+    def cell(self, t: int, block: int) -> FeatureCache:
+        """The cache of cell (t, block) (a plain :class:`FeatureCache` for the runners)."""
+        return self.caches[(t, block)]
+
+    def ensure(self, items: Sequence[ImageItem], *, progress: bool = True, desc: str = "features") -> int:
+        """Compute and cache, for every item, the cells that lack it, all from one pass per image and t; returns how
+        many images were computed. A batch asks for the cells any of its images lacks; each image's map is stored
+        only in the cells that lacked it."""
+        seen: set[str] = set()
+        missing: list[tuple[ImageItem, list[tuple[int, int]]]] = []
+        for item in items:
+            if item.ident in seen:
+                continue
+            seen.add(item.ident)
+            lacking = [cell for cell, cache in self.caches.items() if item.ident not in cache]
+            if lacking:
+                missing.append((item, lacking))
+        if not missing:
+            return 0
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(missing), desc=f"{desc} ({len(self.caches)} cells)", unit="img", disable=not progress)
+        bs = self.extractor.config.batch_size
+        for start in range(0, len(missing), bs):
+            chunk = missing[start : start + bs]
+            prepared = [item.load() for item, _ in chunk]
+            by_shape: dict[tuple[int, ...], list[int]] = {}
+            for i, p in enumerate(prepared):  # one network call needs one size
+                by_shape.setdefault(tuple(p.pixels.shape), []).append(i)
+            for idx in by_shape.values():
+                wanted = {cell for i in idx for cell in chunk[i][1]}
+                cells = [cell for cell in self.caches if cell in wanted]
+                batch = self.extractor.extract_grid_prepared(
+                    [prepared[i] for i in idx], prompt=[chunk[i][0].prompt for i in idx], cells=cells
+                )
+                for j, i in enumerate(idx):
+                    item, lacking = chunk[i]
+                    for cell in lacking:
+                        self.caches[cell].put(item.ident, batch.features[cell][j])
+            bar.update(len(chunk))
+        bar.close()
+        return len(missing)

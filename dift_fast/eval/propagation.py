@@ -6,10 +6,15 @@ query; per query only the ``topk`` largest affinities are kept (ties with the k-
 reference's ``aff < kth -> 0``), normalised to sum to 1, and used to average the context labels (the first
 frame's one-hot mask, later frames' soft predictions). The reference materialises a (K*hw) x hw matrix; this
 computes the same numbers query chunk by query chunk.
+
+The labels can be any non-negative maps: DAVIS propagates one-hot object masks (:func:`to_one_hot`, read back with
+:func:`finalize_labels`), JHMDB one Gaussian heat map per joint (:func:`keypoint_heatmaps`, read back with
+:func:`heatmap_peaks`). Propagation treats every label channel independently.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -17,7 +22,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PropagationParams", "VideoPropagator", "finalize_labels", "propagate_labels", "to_one_hot"]
+from ..backbones.catalog import propagation_overrides
+
+__all__ = [
+    "PropagationParams",
+    "VideoPropagator",
+    "finalize_labels",
+    "heatmap_peaks",
+    "keypoint_heatmaps",
+    "propagate_labels",
+    "to_one_hot",
+]
 
 
 @dataclass(frozen=True)
@@ -26,6 +41,11 @@ class PropagationParams:
     n_last_frames: int = 28  # context: the first frame plus this many preceding frames
     topk: int = 15  # affinities kept per query
     radius: int = 15  # square window half-size in feature cells; <= 0: no window (the reference's convention)
+
+    @classmethod
+    def for_preset(cls, preset: str | None) -> PropagationParams:
+        """The defaults with the preset's own settings on top (``adm-davis``: temperature 0.1, top-k 10)."""
+        return cls(**propagation_overrides(preset))
 
 
 def propagate_labels(
@@ -96,6 +116,55 @@ def finalize_labels(soft: torch.Tensor, stride: int, original_size: tuple[int, i
             up[c] = m / m.max()
     labels = up.argmax(dim=0).to(torch.uint8).cpu().numpy()
     return np.array(Image.fromarray(labels).resize(original_size, Image.NEAREST))
+
+
+def keypoint_heatmaps(points: np.ndarray | torch.Tensor, size: tuple[int, int], sigma: float = 0.5) -> torch.Tensor:
+    """One heat map per keypoint [J, h, w]: a Gaussian at the keypoint's nearest feature cell (CRW's labels).
+
+    Args:
+        points: ``[J, 2]`` (x, y) in feature cells (pixel / stride); NaN or Inf: an all-zero map (no keypoint).
+        size: ``(h, w)`` of the feature map.
+        sigma: Gaussian standard deviation in cells, peak 1, cut at ``ceil(3 * sigma)`` cells around the centre
+            cell; ``0``: a single 1 at the centre cell. Cells outside the map are dropped, so a keypoint just
+            outside keeps its in-bounds tail and one far outside has an all-zero map.
+    """
+    pts = torch.as_tensor(points, dtype=torch.float64).reshape(-1, 2)
+    if sigma < 0:
+        raise ValueError(f"sigma must be >= 0 (cells), got {sigma}")
+    h, w = size
+    finite = torch.isfinite(pts).all(dim=1)
+    centre = torch.floor(torch.where(finite[:, None], pts, torch.zeros_like(pts)) + 0.5)  # [J, 2]
+    dx = torch.arange(w, dtype=torch.float64)[None] - centre[:, :1]  # [J, w]
+    dy = torch.arange(h, dtype=torch.float64)[None] - centre[:, 1:]  # [J, h]
+    if sigma > 0:
+        r = math.ceil(3 * sigma)
+        gx = torch.exp(-(dx**2) / (2 * sigma**2)) * (dx.abs() <= r)
+        gy = torch.exp(-(dy**2) / (2 * sigma**2)) * (dy.abs() <= r)
+    else:
+        gx, gy = (dx == 0).double(), (dy == 0).double()
+    heat = gy[:, :, None] * gx[:, None, :]  # separable: exp(-(dx² + dy²) / 2σ²) on a square window
+    return (heat * finite[:, None, None]).float()
+
+
+def heatmap_peaks(heat: torch.Tensor, topk: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keypoints read back from heat maps [J, h, w] as CRW does it: the mean of each map's ``topk`` largest cells.
+
+    Returns:
+        ``([J, 2] float64 (x, y) in feature cells, [J] bool visible)``; a map that is zero everywhere has no
+        keypoint (visible False, point NaN). The ``topk`` cells are weighted by their values.
+    """
+    if heat.ndim != 3:
+        raise ValueError(f"heat maps must be [J, h, w], got {list(heat.shape)}")
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    J, h, w = heat.shape
+    flat = heat.reshape(J, h * w).double()
+    vals, idx = torch.topk(flat, min(topk, h * w), dim=1)
+    total = vals.sum(dim=1, keepdim=True)
+    visible = total[:, 0] > 0
+    weights = vals / torch.where(total > 0, total, torch.ones_like(total))
+    xy = torch.stack([(weights * (idx % w)).sum(dim=1), (weights * (idx // w)).sum(dim=1)], dim=1)
+    return torch.where(visible[:, None], xy, torch.full_like(xy, float("nan"))), visible
 
 
 class VideoPropagator:

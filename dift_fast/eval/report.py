@@ -9,8 +9,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_atomic
+from ..backbones.catalog import protocol_preset
 from ..config import PRESETS, DiftConfig
-from .reported import PROTOCOL_PRESET, REPORTED, REPORTED_SOURCE
+from .reported import REPORTED, REPORTED_SOURCE
 
 __all__ = ["Report", "format_table", "protocol_differences", "to_markdown", "write_report"]
 
@@ -29,6 +31,9 @@ class Report:
 
     @property
     def reported(self) -> dict[str, float]:
+        """The paper's numbers for this benchmark: DIFT_sd's, so none beside another backbone's measurement."""
+        if self.config.get("backbone", "sd") != "sd":
+            return {}
         return REPORTED.get(self.benchmark, {})
 
     def rows(self) -> list[tuple[str, float | None, float | None]]:
@@ -36,20 +41,27 @@ class Report:
         names = list(self.metrics) + [n for n in self.reported if n not in self.metrics]
         return [(n, self.reported.get(n), self.metrics.get(n)) for n in names]
 
+    @property
+    def reported_source(self) -> str:
+        backbone = self.config.get("backbone", "sd")
+        if backbone != "sd":
+            return f"the listed paper numbers are DIFT_sd's; none are shown beside backbone {backbone!r}"
+        return REPORTED_SOURCE.get(self.benchmark, "")
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["reported"] = self.reported
-        data["reported_source"] = REPORTED_SOURCE.get(self.benchmark, "")
+        data["reported_source"] = self.reported_source
         return data
 
 
 def protocol_differences(benchmark: str, config: DiftConfig) -> list[str]:
-    """Settings of ``config`` that differ from the benchmark's protocol preset (spec §5), as readable notes."""
-    preset = PRESETS[PROTOCOL_PRESET[benchmark]]
+    """Settings of ``config`` that differ from the benchmark's protocol preset for its backbone (spec §5, §6)."""
+    preset = PRESETS[protocol_preset(benchmark, config.backbone)]
     out = []
     for key, want in preset.items():
-        if key == "image_size" and benchmark == "davis":
-            continue  # DAVIS sizes each video by the short-side rule instead
+        if key == "image_size" and benchmark in ("davis", "jhmdb"):
+            continue  # the video benchmarks size each video by the short-side rule instead
         have = getattr(config, key)
         if (tuple(have) if isinstance(have, (list, tuple)) else have) != want:
             out.append(f"{key}={have!r} (protocol: {want!r})")
@@ -71,7 +83,7 @@ def format_table(report: Report) -> str:
         lines.append(f"  {row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:>{widths[2]}}")
         if i == 0:
             lines.append("  " + "  ".join("-" * w for w in widths))
-    lines.append(f"  reported: {REPORTED_SOURCE.get(report.benchmark, '')}")
+    lines.append(f"  reported: {report.reported_source}")
     lines += [f"  note: {n}" for n in report.notes]
     return "\n".join(lines)
 
@@ -97,7 +109,7 @@ def to_markdown(report: Report) -> str:
     lines += [f"- time: {report.seconds:.1f} s", f"- model: {report.config.get('model')}", ""]
     lines += ["| metric | reported | measured |", "|---|---|---|"]
     lines += [f"| {n} | {_fmt(r)} | {_fmt(m)} |" for n, r, m in report.rows()]
-    lines += ["", f"Reported: {REPORTED_SOURCE.get(report.benchmark, '')}."]
+    lines += ["", f"Reported: {report.reported_source}."]
     if report.notes:
         lines += ["", "Notes:"] + [f"- {n}" for n in report.notes]
     lines += _detail_tables(report.details)
@@ -120,6 +132,6 @@ def write_report(report: Report, out_dir: str | os.PathLike) -> tuple[Path, Path
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / f"{report.benchmark}.json", out / f"{report.benchmark}.md"
-    json_path.write_text(json.dumps(_finite(report.to_dict()), indent=2, default=str) + "\n")
-    md_path.write_text(to_markdown(report))
+    write_atomic(json_path, json.dumps(_finite(report.to_dict()), indent=2, default=str) + "\n")
+    write_atomic(md_path, to_markdown(report))
     return json_path, md_path

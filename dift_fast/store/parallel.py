@@ -15,6 +15,7 @@ import time
 import traceback
 from collections.abc import Sequence
 
+from .job import StoreJob, load_job_extractor
 from .pipeline import RunResult, StageTimes, StorePipeline
 from .sources import ImageSource
 from .store import FeatureStore, StoreFullError
@@ -34,16 +35,18 @@ def cpu_threads_per_worker(n_cpu_workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, n_cpu_workers))
 
 
-def _worker(job, source: ImageSource, names: list[str], device: str, index: int, q, threads: int) -> None:
+def _worker(job: StoreJob, source: ImageSource, names: list[str], device: str, index: int, q, threads: int) -> None:
     """Entry point of a spawned worker: extract ``names`` on ``device`` and report through ``q``."""
     parent = os.getppid()
     try:
+        import torch
+
         if device == "cpu":
-            import torch
-
             torch.set_num_threads(threads)  # workers sharing the cores must not oversubscribe them
-        from .runner import load_job_extractor
-
+        elif torch.device(device).type == "cuda":
+            # Before anything touches CUDA: otherwise this process opens a context on GPU 0 and work that names no
+            # device (events, empty_cache, engines) lands there.
+            torch.cuda.set_device(torch.device(device))
         extractor = load_job_extractor(job, device)
         store = FeatureStore.open(job.out)
         store.fsync = job.fsync
@@ -62,7 +65,7 @@ def _worker(job, source: ImageSource, names: list[str], device: str, index: int,
         q.put(("error", index, 0, {}, traceback.format_exc()))
 
 
-def extract_on_devices(job, source: ImageSource, pending: Sequence[str], devices: Sequence[str]) -> RunResult:
+def extract_on_devices(job: StoreJob, source: ImageSource, pending: Sequence[str], devices: Sequence[str]) -> RunResult:
     """Extract ``pending`` with one spawned process per device; returns the combined result.
 
     Raises:

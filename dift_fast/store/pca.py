@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import write_atomic
+
 __all__ = ["Pca", "fit_pca", "sample_names"]
 
 
@@ -30,14 +32,12 @@ class Pca:
     def save(self, path: Path, tmp_dir: Path) -> None:
         from safetensors.torch import save
 
-        from .store import _atomic_write_bytes
-
         blob = save(
             {"mean": self.mean, "components": self.components, "explained_variance_ratio": self.explained_variance_ratio},
             metadata={"sample_size": str(self.sample_size),
                       "explained_variance": json.dumps(float(self.explained_variance_ratio.sum()))},
         )
-        _atomic_write_bytes(path, blob, tmp_dir)
+        write_atomic(path, blob, tmp_dir=tmp_dir)
 
     @classmethod
     def load(cls, path: Path) -> Pca:

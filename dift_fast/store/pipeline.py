@@ -4,10 +4,15 @@ Decoding and resizing run ahead in a thread pool (PIL releases the GIL), the bat
 pinned memory without blocking, and a writer thread stores the previous batch while the network runs on the next.
 Each stage's time is shown in the progress bar; on CUDA the batch size starts from free GPU memory and halves on
 out-of-memory instead of crashing.
+
+Everything CUDA happens on the extractor's device: the loop runs under ``torch.cuda.device(device)`` and the
+pinned-copy event is recorded on that device's current stream (the stream the copy is queued on), so a worker on
+GPU 1 neither opens a context on GPU 0 nor lets a copy race the next batch's staging.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -76,6 +81,38 @@ def auto_batch_size(extractor: Any, sample: PreparedImage, cap: int = MAX_AUTO_B
     free, _ = torch.cuda.mem_get_info(dev)
     bs = int(0.7 * (free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)) // per_image)
     return max(1, min(cap, bs))
+
+
+def _copy_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Queue the copy of pinned ``t`` on ``device``'s current stream (returns at once)."""
+    return t.to(device, non_blocking=True)
+
+
+class _PinnedUpload:
+    """Stages batches of pixels in one pinned buffer and copies them to a CUDA ``device`` without blocking.
+
+    The buffer is reused for the next batch only after the event recorded behind the last copy has passed; the
+    event is recorded on ``device``'s current stream, the one the copy is queued on.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.buffer: torch.Tensor | None = None
+        self.copied: Any = None  # CUDA event: the last copy out of the buffer finished
+
+    def __call__(self, pixels: list[torch.Tensor]) -> torch.Tensor:  # [n, 3, H, W] on device
+        n, shape = len(pixels), (len(pixels), *pixels[0].shape)
+        if self.buffer is None or self.buffer.shape[0] < n or self.buffer.shape[1:] != shape[1:]:
+            if self.copied is not None:
+                self.copied.synchronize()  # the old buffer may still be read by its last copy
+            self.buffer = torch.empty(shape, dtype=torch.float32, pin_memory=True)
+        elif self.copied is not None:
+            self.copied.synchronize()  # don't overwrite the buffer while the last copy may still read it
+        torch.stack(pixels, out=self.buffer[:n])
+        on_dev = _copy_to(self.buffer[:n], self.device)
+        self.copied = torch.cuda.Event()
+        self.copied.record(torch.cuda.current_stream(self.device))
+        return on_dev
 
 
 class _Writer:
@@ -156,10 +193,16 @@ class _Writer:
 class StorePipeline:
     """Extract images of ``source`` into ``store`` with one extractor (one device).
 
+    ``store`` is a :class:`FeatureStore`, or a :class:`~dift_fast.store.grid.StoreGrid` whose cells all come from
+    one network pass per (image, t) of the extractor (loaded for the grid's deepest block).
+
     Args:
         decode_workers: threads decoding ahead; 0 decodes in the loop itself (the sequential baseline).
         batch_size: images per network call; None: the config's on CPU, from free memory on CUDA.
         on_progress: called as ``(written, failed, times)`` after every write (used by multi-GPU workers).
+        check_identity: refuse to run when the extractor's feature identity differs from the store's (every
+            writer checks, so a worker that would compute other features never writes); False only for stand-in
+            extractors in tests.
     """
 
     def __init__(
@@ -173,13 +216,15 @@ class StorePipeline:
         progress: bool = False,
         desc: str = "dift-fast store",
         on_progress: Callable[[int, int, StageTimes], None] | None = None,
+        check_identity: bool = True,
     ) -> None:
         self.extractor, self.store, self.source = extractor, store, source
+        self.check_identity = check_identity
         self.decode_workers = max(0, int(decode_workers))
         self.batch_size = batch_size
         self.progress, self.desc, self.on_progress = progress, desc, on_progress
-        self._pinned: torch.Tensor | None = None
-        self._copied: Any = None  # CUDA event: the last copy out of the pinned buffer finished
+        device = extractor.device
+        self._upload = _PinnedUpload(device) if device.type == "cuda" else None
 
     # -- stages ----------------------------------------------------------------------------------------------
 
@@ -190,20 +235,15 @@ class StorePipeline:
             return name, err
 
     def _transfer(self, batch: list[PreparedImage]) -> list[PreparedImage]:
-        dev = self.extractor.device
-        if dev.type != "cuda":
+        if self._upload is None:
             return batch
-        n = len(batch)
-        shape = (n, *batch[0].pixels.shape)
-        if self._pinned is None or self._pinned.shape[0] < n or self._pinned.shape[1:] != shape[1:]:
-            self._pinned = torch.empty(shape, dtype=torch.float32, pin_memory=True)
-        elif self._copied is not None:
-            self._copied.synchronize()  # don't overwrite the buffer while the last copy may still read it
-        torch.stack([p.pixels for p in batch], out=self._pinned[:n])
-        on_dev = self._pinned[:n].to(dev, non_blocking=True)
-        self._copied = torch.cuda.Event()
-        self._copied.record()
+        on_dev = self._upload([p.pixels for p in batch])
         return [PreparedImage(p.name, on_dev[i], p.key, p.original_size) for i, p in enumerate(batch)]
+
+    def _device_guard(self) -> Any:
+        """``torch.cuda.device`` of the extractor's CUDA device (nothing on the CPU)."""
+        dev = self.extractor.device
+        return torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
 
     def _extract(self, batch: list[PreparedImage]) -> list[tuple[str, torch.Tensor, tuple[int, int], int]]:
         """Features of ``batch``, halving the batch size on CUDA out-of-memory; returns CPU float32 maps."""
@@ -216,7 +256,7 @@ class StorePipeline:
             if self.extractor.config.batch_size != len(chunk):
                 self.extractor.config = self.extractor.config.replace(batch_size=len(chunk))
             try:
-                fb = self.extractor.extract_prepared(chunk)
+                stored = self._features(chunk)
             except torch.OutOfMemoryError:
                 if self.batch_size == 1:
                     raise RuntimeError(
@@ -237,23 +277,50 @@ class StorePipeline:
                 self._fail(chunk[0].name, str(err))
                 i += 1
                 continue
-            feats = fb.features.detach().to("cpu", torch.float32)
-            out.extend(zip(fb.names, feats.unbind(0), fb.original_sizes, fb.image_keys))
+            out.extend(stored)
             i += len(chunk)
         return out
+
+    def _features(self, chunk: list[PreparedImage]) -> list[tuple[str, Any, tuple[int, int], int]]:
+        """(name, CPU float32 map, original size, noise key) per image; for a :class:`StoreGrid` the map is
+        ``{(t, block): [C, h, w]}`` of the cells these images lack, all from one pass per t (``extract_grid_prepared``)."""
+        cells = self.store.cells_for([p.name for p in chunk]) if hasattr(self.store, "cells_for") else None
+        if cells is None:
+            fb = self.extractor.extract_prepared(chunk)
+            feats = fb.features.detach().to("cpu", torch.float32).unbind(0)
+            return list(zip(fb.names, feats, fb.original_sizes, fb.image_keys))
+        gb = self.extractor.extract_grid_prepared(chunk, cells=cells)
+        per_cell = {cell: f.detach().to("cpu", torch.float32).unbind(0) for cell, f in gb.features.items()}
+        maps = [{cell: per_cell[cell][i] for cell in cells} for i in range(len(gb.names))]
+        return list(zip(gb.names, maps, gb.original_sizes, gb.image_keys))
 
     def _extract_one_or_fail(self, p: PreparedImage) -> list:
         from ..extractor import NonFiniteFeaturesError
 
         try:
-            fb = self.extractor.extract_prepared([p])
+            return self._features([p])
         except NonFiniteFeaturesError as err:
             self._fail(p.name, str(err))
             return []
-        return [(p.name, fb.features[0].detach().to("cpu", torch.float32), p.original_size, fb.image_keys[0])]
 
     def _fail(self, name: str, reason: str) -> None:
         self._writer.submit(("fail", name, reason))
+
+    def _check_identity(self) -> None:
+        from ..identity import describe_diff, extractor_identity
+        from .identity import feature_part
+        from .store import StoreConfigError
+
+        stores = getattr(self.store, "stores", None)  # a StoreGrid: every cell against its own store
+        for cell, store in (stores.items() if stores is not None else [(None, self.store)]):
+            mine = extractor_identity(self.extractor) if cell is None else \
+                extractor_identity(self.extractor, t=cell[0], block=cell[1])
+            theirs = feature_part(store.meta["identity"])
+            if mine != theirs:
+                raise StoreConfigError(
+                    f"this extractor computes other features than store {store.root} holds "
+                    f"({describe_diff(theirs, mine)}); nothing was written"
+                )
 
     # -- loop ------------------------------------------------------------------------------------------------
 
@@ -263,6 +330,8 @@ class StorePipeline:
         Raises:
             StoreFullError: the disk filled up (what was written is complete and kept).
         """
+        if self.check_identity:
+            self._check_identity()
         result = RunResult()
         start = time.perf_counter()
         bar = None
@@ -284,7 +353,8 @@ class StorePipeline:
         self._writer = _Writer(self.store, result, on_done)
         pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="dift-decode") if self.decode_workers else None
         try:
-            self._loop(names, pool, result)
+            with self._device_guard():
+                self._loop(names, pool, result)
             self._writer.close()
         finally:
             if pool is not None:

@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from .identity import describe_diff
+from .job import StoreJob, job_identity, load_job_extractor
 from .parallel import cpu_threads_per_worker
 from .pipeline import RunResult, StorePipeline
 from .sources import ImageSource
-from .store import FeatureStore, StoreConfigError, identity_of
+from .store import FeatureStore, StoreConfigError
 
 __all__ = ["StoreActor", "connect", "extract_with_ray", "pool_kwargs"]
 
@@ -26,11 +28,11 @@ DEFAULT_RAY_BATCH = 8
 
 
 def _ray() -> Any:
-    try:
-        import ray
-        import ray.data
-    except ImportError:
-        raise RuntimeError("--ray needs Ray Data: pip install 'dift-fast[ray]'") from None
+    from ..extras import import_extra
+
+    import_extra("ray.data", "--ray")
+    import ray
+
     return ray
 
 
@@ -60,10 +62,8 @@ def pool_kwargs(ray_data: Any, size: int) -> dict[str, Any]:
 class StoreActor:
     """Ray Data callable class: extracts a batch of names into the store, returns their status."""
 
-    def __init__(self, job: Any, source: ImageSource, cpu_threads: int) -> None:
+    def __init__(self, job: StoreJob, source: ImageSource, cpu_threads: int) -> None:
         import torch
-
-        from .runner import load_job_extractor
 
         device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to our GPU
         if device == "cpu":
@@ -71,11 +71,10 @@ class StoreActor:
         self.extractor = load_job_extractor(job, device)
         self.store = FeatureStore.open(job.out)
         self.store.fsync = job.fsync
-        mine = identity_of(self.extractor.config, self.extractor.components.folder, self.extractor.dtype,
-                           job.store_dtype, job.pca_dim, job.pca_sample)
+        mine = job_identity(job, self.extractor)
         if mine != self.store.meta["identity"]:
-            raise StoreConfigError(f"Ray worker on {device} would write {mine}, the store holds "
-                                   f"{self.store.meta['identity']}; pass --dtype explicitly")
+            raise StoreConfigError(f"Ray worker on {device} would write other features than the store holds "
+                                   f"({describe_diff(self.store.meta['identity'], mine)}); pass --dtype explicitly")
         self.pipeline_args = {"decode_workers": job.decode_workers, "batch_size": job.batch_size}
         self.source = source
 
@@ -87,7 +86,7 @@ class StoreActor:
                 "worker": np.array([self.store.writer_id] * len(names), dtype=object)}
 
 
-def extract_with_ray(job: Any, source: ImageSource, pending: Sequence[str]) -> RunResult:
+def extract_with_ray(job: StoreJob, source: ImageSource, pending: Sequence[str]) -> RunResult:
     """Extract ``pending`` on the Ray cluster at ``job.ray_address`` into the store ``job.out``."""
     ray = _ray()
     start = time.perf_counter()

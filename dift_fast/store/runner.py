@@ -8,44 +8,26 @@ from typing import Any
 
 import torch
 
-from ..config import DiftConfig
 from ..images import ImageError
+from .grid import StoreGrid
+from .job import StoreJob, job_identity, load_job_extractor
+from .parallel import extract_on_devices
 from .pca import fit_pca, sample_names
 from .pipeline import RunResult, StageTimes, StorePipeline
+from .ray_data import connect, extract_with_ray
 from .sources import ImageSource, find_images, load_prepared
-from .store import FeatureStore, StoreDtype, identity_of
+from .store import FeatureStore
 
-__all__ = ["StoreJob", "StoreSummary", "extract_to_store"]
+__all__ = ["StoreSummary", "extract_to_store"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class StoreJob:
-    """Everything a store run needs (picklable: multi-GPU workers receive it)."""
-
-    inputs: list[str]  # one ROOT folder, or image files / globs (local or fsspec URLs)
-    out: str  # store folder
-    config: DiftConfig
-    store_dtype: StoreDtype = "fp16"
-    pca_dim: int | None = None  # reduce channels to this many with a PCA; None keeps all
-    pca_sample: int = 64  # images the PCA is fitted on
-    overwrite: bool = False  # delete an existing store (also one made with other settings)
-    resume: bool = False  # require an existing store
-    decode_workers: int = 2  # decode threads per process; 0: decode in the loop (sequential)
-    batch_size: int | None = None  # None: the config's on CPU, from free memory on CUDA
-    devices: list[str] | None = None  # one process per device when several; None: config.device
-    ray_address: str | None = None  # run on a Ray cluster ("local", "auto" or ray://host:port)
-    ray_workers: int | None = None  # Ray actors (default: GPUs in the cluster, or 2 without GPUs)
-    progress: bool = False
-    fsync: bool = True  # flush each feature file to disk before it is renamed into place
 
 
 @dataclass
 class StoreSummary:
     """What a run did."""
 
-    store: FeatureStore
+    store: FeatureStore | StoreGrid
     total: int  # images found under the inputs
     skipped: int  # already in the store before this run
     adopted: int  # complete files a killed run left without a manifest line
@@ -58,25 +40,6 @@ class StoreSummary:
     @property
     def ok(self) -> bool:
         return not self.failed
-
-
-def _resolve_identity(job: StoreJob, extractor: Any, device: str | None) -> dict[str, Any]:
-    if extractor is not None:
-        return identity_of(extractor.config, extractor.components.folder, extractor.dtype, job.store_dtype,
-                           job.pca_dim, job.pca_sample)
-    from ..extractor import resolve_device, resolve_dtype
-    from ..loading import resolve_model_folder
-
-    folder = resolve_model_folder(job.config.model, job.config.revision)
-    dtype = resolve_dtype(job.config.dtype, torch.device(device) if device else resolve_device(None))
-    return identity_of(job.config, folder, dtype, job.store_dtype, job.pca_dim, job.pca_sample)
-
-
-def load_job_extractor(job: StoreJob, device: str | None) -> Any:
-    from ..extractor import DiftExtractor
-
-    config = job.config if device is None else job.config.replace(device=device)
-    return DiftExtractor.from_pretrained(config=config)
 
 
 def extract_to_store(job: StoreJob, extractor: Any = None) -> StoreSummary:
@@ -92,23 +55,37 @@ def extract_to_store(job: StoreJob, extractor: Any = None) -> StoreSummary:
     source = find_images(job.inputs)
     devices = job.devices or [str(extractor.device) if extractor is not None else job.config.device]
     if job.ray_address is not None:
-        from .ray_data import connect
-
         devices = ["cuda" if connect(job.ray_address) else "cpu"]  # what the actors will run on
+    _check_one_device_type(devices)
     parallel = len(devices) > 1 or job.ray_address is not None
+    if job.cells is not None:
+        _check_grid_job(job, parallel)
     if extractor is None and not parallel:
         extractor = load_job_extractor(job, devices[0])
-    identity = _resolve_identity(job, extractor, devices[0])
-    store = FeatureStore.create_or_open(
-        job.out, identity, job.config.to_dict(), overwrite=job.overwrite, must_exist=job.resume,
-        extra={"root": source.root, "tiny_random": job.config.model == "tiny-random"},
-    )
+    from ..backbones.registry import is_tiny_model
+
+    extra = {"root": source.root, "tiny_random": is_tiny_model(job.config)}
+    if job.cells is not None:  # a folder of one store per (t, block) cell, filled from one pass per t
+        store = StoreGrid.create_or_open(  # returns with the grid's and every cell's writer lock held
+            job.out, {cell: job_identity(job, extractor, devices[0], cell) for cell in job.cells},
+            {(t, k): job.config.replace(t=t, up_ft_index=k).to_dict() for t, k in job.cells},
+            overwrite=job.overwrite, must_exist=job.resume, extra=extra,
+        )
+    else:
+        identity = job_identity(job, extractor, devices[0])
+        store = FeatureStore.create_or_open(  # returns with the writer lock held
+            job.out, identity, job.config.to_dict(), overwrite=job.overwrite, must_exist=job.resume, extra=extra,
+        )
     store.fsync = job.fsync
-    store.lock()
     try:
         store.clear_tmp()
         adopted = store.recover(source.names)
-        done = store.done_names()
+        target = store
+        if job.cells is not None:  # only the cells that lack images run (a grown grid computes its new cells only)
+            target, lacking = store.pending(source.names)
+            done = set(source.names) - set(lacking)
+        else:  # an image is done when its manifest line and its file are there (a deleted file is recomputed)
+            done = {n for n in store.done_names() if store.path(n).is_file()}
         skipped = sum(1 for n in source.names if n in done) - len(adopted)
         if job.pca_dim and store.pca is None:
             fit_extractor = extractor if extractor is not None else load_job_extractor(job, devices[0])
@@ -116,15 +93,11 @@ def extract_to_store(job: StoreJob, extractor: Any = None) -> StoreSummary:
             del fit_extractor
         pending = [n for n in source.names if n not in done]
         if job.ray_address is not None:
-            from .ray_data import extract_with_ray
-
             result = extract_with_ray(job, source, pending)
         elif len(devices) > 1:
-            from .parallel import extract_on_devices
-
             result = extract_on_devices(job, source, pending, devices)
         elif pending:
-            result = StorePipeline(extractor, store, source, decode_workers=job.decode_workers,
+            result = StorePipeline(extractor, target, source, decode_workers=job.decode_workers,
                                    batch_size=job.batch_size, progress=job.progress).run(pending)
         else:
             result = RunResult()
@@ -132,6 +105,32 @@ def extract_to_store(job: StoreJob, extractor: Any = None) -> StoreSummary:
         store.unlock()
     return StoreSummary(store, len(source.names), skipped, len(adopted), result.written,
                         result.failed, result.times, result.seconds, result.batch_size)
+
+
+def _check_grid_job(job: StoreJob, parallel: bool) -> None:
+    """A grid run is one process without PCA (each cell would need its own fit); say so before anything starts."""
+    if parallel:
+        raise ValueError("a (t, block) grid (--timesteps/--blocks) runs in one process: several --devices and --ray "
+                         "are not supported for grids yet; pass one --device, or extract each cell in its own run")
+    if job.pca_dim:
+        raise ValueError("--pca is not supported with a (t, block) grid (each cell would need its own PCA); extract "
+                         "the cell you keep on its own with --pca")
+    deepest = max(k for _, k in job.cells)
+    if job.config.up_ft_index != deepest:
+        raise ValueError(f"the grid's config must reach its deepest block {deepest}, not {job.config.up_ft_index}: "
+                         "build it with dift_fast.grid.grid_config")
+
+
+def _check_one_device_type(devices: list[str | None]) -> None:
+    """Refuse devices of different types in one run: their features would not share one identity."""
+    import torch
+
+    types = {torch.device(d).type if d else ("cuda" if torch.cuda.is_available() else "cpu") for d in devices}
+    if len(types) > 1:
+        raise ValueError(
+            f"--devices {','.join(str(d) for d in devices)} mixes device types ({', '.join(sorted(types))}); their "
+            "features differ beyond rounding (dtype, TF32), so one store takes one type: run them into two stores"
+        )
 
 
 def _fit_store_pca(store: FeatureStore, extractor: Any, source: ImageSource, job: StoreJob) -> None:

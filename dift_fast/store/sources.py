@@ -9,7 +9,7 @@ import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..images import ImageError, PreparedImage, prepare_image
+from ..images import ImageError, PreparedImage, open_rgb, prepare_image
 
 __all__ = ["IMAGE_SUFFIXES", "ImageSource", "find_images", "is_url", "load_prepared"]
 
@@ -108,19 +108,10 @@ def load_prepared(source: ImageSource, name: str, image_size: tuple[int, int] | 
     where = source.location(name)
     if not is_url(where):
         return prepare_image(where, image_size, name=name)
-    from PIL import Image, UnidentifiedImageError
-
     try:
         fs, p = _fs(where)
         with fs.open(p, "rb") as f:
             data = f.read()
     except (OSError, ValueError) as err:
         raise ImageError(name, f"cannot read {where} ({err})") from None
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except UnidentifiedImageError:
-        raise ImageError(name, "not an image file PIL can read (expected JPEG, PNG, PPM, ...)") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(name, f"corrupt or truncated image ({err})") from None
-    return prepare_image(img, image_size, name=name)
+    return prepare_image(open_rgb(io.BytesIO(data), name), image_size, name=name)

@@ -2,9 +2,10 @@
 
 Layout of a store folder::
 
-    store.json                          identity (DiftConfig, model revision, store dtype, PCA), written once
+    store.json                          identity (the feature identity, store dtype, PCA) and config, written once
     pca.safetensors                     optional PCA (mean, components, explained variance), written once
-    features/ab/cd/abcd....safetensors  one image: tensor "features" [C, h, w] and its name, size and noise key
+    features/ab/cd/abcd....safetensors  one image: tensor "features" [C, h, w], its name, size and noise key, and
+                                        a sha256 over all of these (checked on every read)
     manifests/<writer>.jsonl            one line per committed image, appended after its file is in place
     failures/<writer>.jsonl             one line per image that could not be used, with the reason
     tmp/                                files being written (same filesystem, so the final rename is atomic)
@@ -14,6 +15,9 @@ A feature file is written under tmp/, flushed to disk and renamed into place, so
 not at all: killing a writer loses at most the images in flight, and readers never see a partial file. Each writer
 process appends only to its own manifest and failure log; a torn last line (a writer killed mid-append) is
 ignored, and a feature file whose manifest line is missing is adopted by the next run (:meth:`recover`).
+
+A writer takes the lock before it changes anything (``--overwrite`` included), and a folder that is neither empty
+nor a store is never written to or deleted.
 """
 
 from __future__ import annotations
@@ -23,31 +27,36 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
+from ..atomic import write_atomic
+from .identity import StoreDtype, describe_diff
 from .pca import Pca
 
 __all__ = [
     "FORMAT",
     "FeatureStore",
     "StoreConfigError",
+    "StoreCorruptError",
     "StoreEntry",
     "StoreError",
     "StoreFullError",
     "StoreLockedError",
-    "identity_of",
 ]
 
-FORMAT = "dift-fast-store/1"
-StoreDtype = Literal["fp16", "fp32"]
+FORMAT = "dift-fast-store/2"  # /2: feature files carry a sha256; /1 stores are still read (unverified)
+READABLE_FORMATS = ("dift-fast-store/1", FORMAT)
+# A temporary file of dift_fast.atomic: ".<target>.<32 hex digits>.tmp".
+_ATOMIC_TEMP = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
 _TORCH_STORE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -68,6 +77,17 @@ class StoreFullError(StoreError):
     """The disk filled up; the store is consistent and the run can be repeated once there is space."""
 
 
+class StoreCorruptError(StoreError):
+    """A stored feature file is damaged (its checksum does not match, or it cannot be parsed)."""
+
+    def __init__(self, name: str, path: Path, reason: str) -> None:
+        super().__init__(
+            f"image {name!r}: feature file {path} is damaged ({reason}); delete that file and rerun the extraction "
+            "to recompute the image"
+        )
+        self.name, self.path = name, path
+
+
 @dataclass(frozen=True)
 class StoreEntry:
     """One committed image as the manifests record it."""
@@ -81,50 +101,6 @@ class StoreEntry:
 
 def name_hash(name: str) -> str:
     return hashlib.blake2b(name.encode("utf-8"), digest_size=8).hexdigest()
-
-
-def identity_of(
-    config: Any, model_folder: Path, compute_dtype: torch.dtype, store_dtype: StoreDtype, pca_dim: int | None,
-    pca_sample: int,
-) -> dict[str, Any]:
-    """What decides the stored numbers: two runs with equal identities write equal stores.
-
-    Batch size, device placement, backend and worker counts are left out: by the noise contract they do not
-    change the features (up to the device's float rounding).
-    """
-    folder = Path(model_folder)
-    local = Path(config.model).is_dir()
-    return {
-        "model": None if local else config.model,  # hub id or 'tiny-random'; local folders go by fingerprint
-        "revision": config.revision,
-        "snapshot": folder.name if folder.parent.name == "snapshots" else None,  # hub commit actually loaded
-        "model_fingerprint": model_fingerprint(folder),
-        "t": config.t,
-        "up_ft_index": config.up_ft_index,
-        "ensemble_size": config.ensemble_size,
-        "image_size": list(config.image_size) if config.image_size is not None else None,
-        "prompt": config.prompt,
-        "seed": config.seed,
-        "compute_dtype": str(compute_dtype).replace("torch.", ""),
-        "store_dtype": store_dtype,
-        "pca_dim": pca_dim,
-        "pca_sample": pca_sample if pca_dim else None,
-    }
-
-
-def model_fingerprint(folder: Path) -> str:
-    """Hash of the component configs and weight file sizes: cheap, and changes when the weights do."""
-    h = hashlib.blake2b(digest_size=8)
-    for comp in ("unet", "vae", "text_encoder"):
-        d = folder / comp
-        if not d.is_dir():
-            continue
-        for f in sorted(d.iterdir()):
-            if f.suffix == ".json":
-                h.update(f.read_bytes())
-            elif f.suffix in (".safetensors", ".bin"):
-                h.update(f"{comp}/{f.name}:{f.stat().st_size}".encode())
-    return h.hexdigest()
 
 
 class FeatureStore:
@@ -147,10 +123,22 @@ class FeatureStore:
         root = Path(root)
         meta_path = root / "store.json"
         if not meta_path.is_file():
+            if (root / "grid.json").is_file():  # a grid (store/grid.py): one store per (t, block) cell
+                cells = sorted(p.name for p in root.iterdir() if (p / "store.json").is_file())
+                raise FileNotFoundError(f"{root} is a store grid, a folder of one feature store per (t, block) cell; "
+                                        f"open one cell's store ({', '.join(cells[:6])}{' ...' if len(cells) > 6 else ''}"
+                                        ", e.g. STORE/<cell>), or StoreGrid.open for all")
             raise FileNotFoundError(f"{root} is not a dift-fast feature store (no store.json)")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT:
-            raise StoreError(f"{root}: unknown store format {meta.get('format')!r}, expected {FORMAT}")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise StoreError(f"{meta_path} cannot be read ({err}): the store is damaged; it was not changed") from None
+        if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise StoreError(f"{root}: unknown store format {found!r}, expected {FORMAT}")
+        identity = meta.get("identity")
+        if not isinstance(identity, dict) or identity.get("store_dtype") not in _TORCH_STORE_DTYPES:
+            raise StoreError(f"{meta_path} has no valid identity: the store is damaged; it was not changed")
         return cls(root, meta)
 
     @classmethod
@@ -166,37 +154,80 @@ class FeatureStore:
     ) -> FeatureStore:
         """Open ``root`` for writing if its identity equals ``identity``; create it if it does not exist.
 
+        The returned store holds the writer lock (:meth:`unlock` releases it). The lock is taken before anything
+        is written or deleted, so ``overwrite`` never wipes the store of a writer that is still running.
+
         Raises:
+            StoreLockedError: another process is writing to the store.
             StoreConfigError: the store was made with other settings (pass ``overwrite=True`` to start afresh).
-            StoreError: ``must_exist`` and there is no store, or ``root`` is a non-empty folder that is not a store.
+            StoreError: ``must_exist`` and there is no store, or ``root`` is a non-empty folder that is not a
+                store (refused even with ``overwrite``: nothing in it is deleted).
+            StoreFullError: the disk filled up while creating the store; the folder is left as it was.
         """
         root = Path(root)
-        if (root / "store.json").is_file():
-            store = cls.open(root)
-            if store.meta["identity"] != identity:
-                if not overwrite:
-                    diff = _describe_diff(store.meta["identity"], identity)
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"--out {root} is a file, not a store folder; choose another --out")
+        if not (root / "store.json").is_file():
+            if must_exist:
+                raise StoreError(f"--resume: {root} is not an existing feature store; drop --resume to create it")
+            cls._refuse_foreign_folder(root)
+        created_root = not root.exists()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            lock_fd = _take_lock(root)
+        except OSError as err:
+            if created_root:
+                _remove_leftovers(root, True)
+            _raise_if_full(err, root, "creating the store")
+            raise
+        try:
+            # Everything below runs under the lock: what another writer did before we got it is seen here.
+            if (root / "store.json").is_file():
+                store = cls.open(root)
+                if store.meta["identity"] == identity and not overwrite:
+                    store._lock_fd = lock_fd
+                    return store
+                if store.meta["identity"] != identity and not overwrite:
+                    diff = describe_diff(store.meta["identity"], identity)
                     raise StoreConfigError(
                         f"store {root} was made with different settings ({diff}); rerun with the store's settings, "
                         "use another --out, or pass --overwrite to delete it and start a new one"
                     )
                 store.delete_contents()
-            elif overwrite:
-                store.delete_contents()
+            elif must_exist:
+                raise StoreError(f"--resume: {root} is not an existing feature store; drop --resume to create it")
             else:
-                return store
-        elif must_exist:
-            raise StoreError(f"--resume: {root} is not an existing feature store; drop --resume to create it")
-        elif root.exists() and any(root.iterdir()) and not overwrite:
-            raise StoreError(f"{root} exists, is not empty and is not a feature store; choose another --out")
-        root.mkdir(parents=True, exist_ok=True)
-        meta = {"format": FORMAT, "identity": identity, "config": config or {}, "created": time.time(),
-                **(extra or {})}
-        _atomic_write_bytes(root / "store.json", json.dumps(meta, indent=1, sort_keys=True).encode(), root / "tmp")
-        return cls(root, meta)
+                cls._refuse_foreign_folder(root)
+            meta = {"format": FORMAT, "identity": identity, "config": config or {}, "created": time.time(),
+                    **(extra or {})}
+            try:
+                write_atomic(root / "store.json", json.dumps(meta, indent=1, sort_keys=True), tmp_dir=root / "tmp")
+            except OSError as err:
+                _remove_leftovers(root, created_root)
+                _raise_if_full(err, root, "creating the store")
+                raise
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        store = cls(root, meta)
+        store._lock_fd = lock_fd
+        return store
+
+    @staticmethod
+    def _refuse_foreign_folder(root: Path) -> None:
+        """Refuse to create a store in a folder holding anything but what a failed creation leaves behind."""
+        if not root.is_dir():
+            return
+        foreign = sorted(p.name for p in root.iterdir() if not _left_by_creation(p))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise StoreError(
+                f"{root} exists, is not empty ({shown}) and is not a feature store; nothing was written or deleted "
+                "there. Choose another --out (--overwrite only replaces a feature store)"
+            )
 
     def delete_contents(self) -> None:
-        """Remove everything a store holds (used by ``--overwrite``)."""
+        """Remove everything a store holds (used by ``--overwrite``, under the writer lock); other files stay."""
         import shutil
 
         for sub in ("features", "manifests", "failures", "tmp"):
@@ -208,13 +239,8 @@ class FeatureStore:
 
     def lock(self) -> None:
         """Take the store's writer lock (released when the process exits, even by SIGKILL)."""
-        fd = os.open(self.root / "writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreLockedError(f"another process is writing to {self.root}; wait for it or stop it") from None
-        self._lock_fd = fd
+        if self._lock_fd is None:
+            self._lock_fd = _take_lock(self.root)
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
@@ -275,15 +301,19 @@ class FeatureStore:
         Raises:
             StoreFullError: the disk is full; nothing partial is left behind.
         """
+        return self.put_encoded(name, self.encode(features), original_size, image_key)
+
+    def put_encoded(self, name: str, data: torch.Tensor, original_size: tuple[int, int], image_key: int) -> StoreEntry:
+        """:meth:`put` for a map already in the stored form (:meth:`encode`): written atomically, then recorded."""
         from safetensors.torch import save as st_save
 
-        data = self.encode(features)
         meta = {"format": FORMAT, "name": name, "original_size": json.dumps(list(original_size)),
                 "image_key": str(image_key)}
+        meta["sha256"] = _feature_checksum(data, meta)
         blob = st_save({"features": data}, metadata=meta)
         rel = self.relpath(name)
         try:
-            _atomic_write_bytes(self.root / rel, blob, self.root / "tmp", fsync=self.fsync)
+            write_atomic(self.root / rel, blob, tmp_dir=self.root / "tmp", fsync=self.fsync)
         except OSError as err:
             self._raise_if_full(err, name)
             raise
@@ -310,11 +340,7 @@ class FeatureStore:
             raise
 
     def _raise_if_full(self, err: OSError, name: str) -> None:
-        if err.errno in _DISK_FULL:
-            raise StoreFullError(
-                f"disk full while writing {name!r} to {self.root} ({os.strerror(err.errno)}); the store is "
-                "consistent: free some space (or use --dtype-store fp16 / --pca) and rerun the same command"
-            ) from err
+        _raise_if_full(err, self.root, f"writing {name!r}")
 
     def recover(self, names: Iterable[str]) -> list[str]:
         """Adopt complete feature files of ``names`` that lack a manifest line (writer killed in between)."""
@@ -325,7 +351,7 @@ class FeatureStore:
                 continue
             try:
                 entry = self._read_entry(name)
-            except Exception:  # a damaged file (e.g. disk error): recompute it
+            except StoreError:  # a damaged file (e.g. disk error): recompute it
                 self.path(name).unlink(missing_ok=True)
                 continue
             self._append("manifests", _entry_to_json(entry))
@@ -338,8 +364,13 @@ class FeatureStore:
         """All committed images, by name (reads only the manifests)."""
         out = {}
         for rec in _read_jsonl_dir(self.root / "manifests"):
-            e = StoreEntry(rec["name"], rec["file"], tuple(rec["shape"]), tuple(rec["original_size"]),
-                           int(rec["image_key"]))
+            try:
+                e = StoreEntry(rec["name"], rec["file"], tuple(int(v) for v in rec["shape"]),
+                               tuple(int(v) for v in rec["original_size"]), int(rec["image_key"]))
+            except (KeyError, TypeError, ValueError):  # not a line this format writes: damaged, skipped
+                continue
+            if not isinstance(e.name, str) or e.file != self.relpath(e.name):
+                continue  # a line naming another file than the name's own: never trusted
             out[e.name] = e
         return out
 
@@ -357,36 +388,55 @@ class FeatureStore:
 
     def failures(self) -> dict[str, str]:
         """Images that could not be used and why (latest reason; images stored since then are left out)."""
-        recs = sorted(_read_jsonl_dir(self.root / "failures"), key=lambda r: r.get("time", 0))
+        recs = [r for r in _read_jsonl_dir(self.root / "failures")
+                if isinstance(r.get("name"), str) and isinstance(r.get("time", 0), (int, float))]
+        recs.sort(key=lambda r: r.get("time", 0))
         done = self.done_names()
-        return {r["name"]: r["reason"] for r in recs if r["name"] not in done}
+        return {r["name"]: str(r.get("reason")) for r in recs if r["name"] not in done}
 
     def get(self, name: str) -> torch.Tensor:  # [C', h, w] in the store dtype
-        """The stored features of one image, read from its own file only."""
-        from safetensors import safe_open
+        """The stored features of one image, read from its own file only and checked against its checksum.
 
+        Raises:
+            KeyError: the image is not in the store.
+            StoreCorruptError: its file is damaged (names the image and the file).
+        """
         path = self.path(name)
         if not path.is_file():
             raise KeyError(f"image {name!r} is not in store {self.root}")
-        with safe_open(str(path), framework="pt") as f:
-            if (f.metadata() or {}).get("name") != name:
-                raise StoreError(f"{path} holds {(f.metadata() or {}).get('name')!r}, not {name!r} (hash collision?)")
-            return f.get_tensor("features")
+        return self._read(name)[0]
 
-    def _read_entry(self, name: str) -> StoreEntry:
+    def _read(self, name: str) -> tuple[torch.Tensor, dict[str, str]]:
+        """Tensor and metadata of ``name``'s file, verified (the checksum; the name it holds)."""
         from safetensors import safe_open
 
-        with safe_open(str(self.path(name)), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("name") != name:
-                raise StoreError(f"{self.path(name)} does not hold {name!r}")
-            shape = tuple(f.get_slice("features").get_shape())
-        return StoreEntry(name, self.relpath(name), shape, tuple(json.loads(meta["original_size"])),
-                          int(meta["image_key"]))
+        path = self.path(name)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                data = f.get_tensor("features")
+        except FileNotFoundError:
+            raise KeyError(f"image {name!r} is not in store {self.root}") from None
+        except Exception as err:  # safetensors raises its own errors on a damaged header or size
+            raise StoreCorruptError(name, path, f"cannot be parsed: {err}") from None
+        if meta.get("name") != name:
+            raise StoreCorruptError(name, path, f"it holds {meta.get('name')!r}, not {name!r}")
+        expected = meta.get("sha256")
+        if expected is None:
+            if self.meta.get("format") == FORMAT:  # /1 stores had no checksums; in a /2 store it is damage
+                raise StoreCorruptError(name, path, "its checksum is missing")
+        elif _feature_checksum(data, meta) != expected:
+            raise StoreCorruptError(name, path, "checksum mismatch: its bytes changed after they were written")
+        return data, meta
 
-    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for name in self.names():
-            yield name, self.get(name)
+    def _read_entry(self, name: str) -> StoreEntry:
+        data, meta = self._read(name)
+        try:
+            original_size = tuple(int(v) for v in json.loads(meta["original_size"]))
+            key = int(meta["image_key"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise StoreCorruptError(name, self.path(name), f"bad metadata ({err})") from None
+        return StoreEntry(name, self.relpath(name), tuple(data.shape), original_size, key)
 
     def info(self) -> dict[str, Any]:
         """A summary for ``dift-fast store info``."""
@@ -396,6 +446,59 @@ class FeatureStore:
         if self.pca is not None:
             out["pca_explained_variance"] = float(self.pca.explained_variance_ratio.sum())
         return out
+
+
+def _left_by_creation(path: Path) -> bool:
+    """What a failed store creation may leave behind: an empty ``writer.lock``, a ``tmp/`` of our temporary files."""
+    if path.name == "writer.lock":
+        return path.is_file() and not path.is_symlink() and path.stat().st_size == 0
+    if path.name == "tmp" and path.is_dir() and not path.is_symlink():
+        return all(_ATOMIC_TEMP.match(p.name) for p in path.iterdir())
+    return False
+
+
+def _take_lock(root: Path) -> int:
+    """flock ``root/writer.lock`` (exclusive, non-blocking); returns the descriptor that holds it."""
+    fd = os.open(root / "writer.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreLockedError(f"another process is writing to {root}; wait for it or stop it") from None
+    return fd
+
+
+def _remove_leftovers(root: Path, created_root: bool) -> None:
+    """After a failed creation: remove what it made (``tmp/``, ``writer.lock``, and ``root`` if it made it)."""
+    import shutil
+
+    shutil.rmtree(root / "tmp", ignore_errors=True)
+    (root / "writer.lock").unlink(missing_ok=True)
+    if created_root:
+        try:
+            root.rmdir()  # only when empty: never anything the user put there meanwhile
+        except OSError:
+            pass
+
+
+def _raise_if_full(err: OSError, root: Path, doing: str) -> None:
+    if err.errno in _DISK_FULL:
+        state = ("nothing was left there" if doing == "creating the store" else
+                 "the store is consistent")
+        raise StoreFullError(
+            f"disk full while {doing} in {root} ({os.strerror(err.errno)}); {state}: free some space (or use "
+            "--dtype-store fp16 / --pca) and rerun the same command"
+        ) from err
+
+
+def _feature_checksum(data: torch.Tensor, meta: dict[str, str]) -> str:
+    """sha256 over a stored map's dtype, shape and bytes and the metadata that goes with it."""
+    h = hashlib.sha256()
+    header = {k: meta.get(k) for k in ("format", "name", "original_size", "image_key")}
+    h.update(json.dumps([str(data.dtype), list(data.shape), header], sort_keys=True).encode())
+    flat = data.contiguous().view(-1)
+    h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return h.hexdigest()
 
 
 def _entry_to_json(e: StoreEntry) -> dict[str, Any]:
@@ -410,31 +513,8 @@ def _read_jsonl_dir(folder: Path) -> Iterator[dict[str, Any]]:
         data = f.read_bytes()
         for line in data.split(b"\n")[:-1]:  # the part after the last newline is a line still being written
             try:
-                yield json.loads(line)
+                rec = json.loads(line)
             except ValueError:  # torn by a crash mid-append
                 continue
-
-
-def _atomic_write_bytes(dest: Path, data: bytes, tmp_dir: Path, fsync: bool = True) -> None:
-    """Write ``data`` to ``tmp_dir`` and rename it to ``dest``: readers see the old state or the whole file."""
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_dir / f"{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _describe_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return "; ".join(f"{k}: store has {old.get(k)!r}, this run {new.get(k)!r}" for k in keys)
+            if isinstance(rec, dict):
+                yield rec

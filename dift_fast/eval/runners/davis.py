@@ -16,7 +16,7 @@ from ..propagation import PropagationParams, VideoPropagator, finalize_labels, t
 from ..report import Report
 from .common import compute_device, image_size_of, standard_notes
 
-__all__ = ["read_frame", "run_davis"]
+__all__ = ["frame_item", "read_frame", "run_davis"]
 
 
 def read_frame(path: Path, size: tuple[int, int]) -> np.ndarray:
@@ -25,11 +25,12 @@ def read_frame(path: Path, size: tuple[int, int]) -> np.ndarray:
 
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise FileNotFoundError(f"DAVIS: cannot read frame {path}")
+        raise FileNotFoundError(f"cannot read video frame {path} (missing, or not an image OpenCV can decode)")
     return np.ascontiguousarray(cv2.resize(bgr, size)[:, :, ::-1])
 
 
-def _frame_item(path: Path, size: tuple[int, int], prompt: str) -> ImageItem:
+def frame_item(path: Path, size: tuple[int, int], prompt: str) -> ImageItem:
+    """A cache item for a video frame read by :func:`read_frame` at ``size`` (shared by DAVIS and JHMDB)."""
     return ImageItem(
         ident=file_identity(path, "davis-cv2-linear", *size, prompt),
         name=str(path),
@@ -55,7 +56,7 @@ def _propagate_video(extractor: Any, video: DavisVideo, cache: FeatureCache, par
 
     original = image_size_of(video.frames[0])
     size = frame_size_rule(*original, short_side=short_side)
-    items = [_frame_item(f, size, extractor.config.prompt) for f in video.frames]
+    items = [frame_item(f, size, extractor.config.prompt) for f in video.frames]
     ensure_features(extractor, items, cache, progress=progress, desc=f"davis {video.name} features")
     device = compute_device(extractor)
     gt0, palette = read_label_png(video.first_annotation)
@@ -95,7 +96,7 @@ def run_davis(
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
-    params = params or PropagationParams()
+    params = params or PropagationParams.for_preset(extractor.config.preset)
     videos = load_davis(root, limit=limit)
     pred_dir = Path(predictions_dir) if predictions_dir is not None else None
     acc = JFAccumulator()

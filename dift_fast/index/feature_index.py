@@ -1,8 +1,7 @@
-"""A FAISS index over DIFT descriptors of many images, and "find this point in the gallery".
+"""``FeatureIndex``: a FAISS index over DIFT descriptors of many images, labelled (image id, x, y).
 
-``FeatureIndex`` stores vectors with an (image id, x, y) label packed into faiss' 64-bit id
-(``image_id << 32 | y << 16 | x``; x = y = 65535 for image-level vectors), so labels cost nothing beyond the id
-faiss keeps anyway. Two kinds:
+Labels are packed into faiss' 64-bit id (:mod:`.labels`), so they cost nothing beyond the id faiss keeps anyway.
+Two kinds:
 
 * ``"flat"``: exact search, 4·dim bytes per vector (+ 8 for the id);
 * ``"ivfpq"``: an inverted file of ``nlist`` lists with product-quantised codes of ``m`` bytes (+ 8 for the id),
@@ -11,16 +10,21 @@ faiss keeps anyway. Two kinds:
   shortlist of ``refine_k_factor``·k candidates is re-ranked by exact distances to the float16 vectors (faiss
   ``IndexRefine`` over an ``IndexScalarQuantizer(QT_fp16)``, inside an ``IndexIDMap`` that keeps the labels).
 
-The default strategy for finding a point in a gallery (:func:`find_points`) is image-level retrieval on pooled
-descriptors followed by exact point transfer (:func:`dift_fast.matching.match_points`) on the top images.
+Finding points of one image in a gallery of indexed images is :mod:`.gallery`.
+
+Index files: one safetensors file holding faiss' serialised index and a JSON header, with a sha256 over both
+(``checksum``), checked before faiss reads a byte of the index: faiss does not validate what it deserialises, and a
+damaged file could crash the process. Beyond that check, index files are trusted input: load only indexes you
+made or got from someone you trust.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,14 +33,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .faiss_utils import faiss_gpu_count, gpu_resources, import_faiss
-from .matching import match_points
+from ..atomic import atomic_path
+from ..faiss_utils import faiss_gpu_count, gpu_resources, import_faiss
+from ..matching.descriptors import pooled_descriptors
+from .labels import cell_pixel_labels, pack_labels, unpack_labels
+from .shards import index_to_cpu, shard_flat
 
-__all__ = ["FeatureIndex", "PointHits", "SearchResult", "find_points", "pooled_descriptors"]
+__all__ = ["FORMAT", "FeatureIndex", "SearchResult", "default_nlist", "default_pq_bytes"]
 
-FORMAT = "dift-fast-index/1"
-NO_XY = 0xFFFF  # x and y of an image-level (pooled) vector
-_MAX_XY = NO_XY - 1
+FORMAT = "dift-fast-index/2"  # /2: a checksum over the header and the faiss bytes
 _ADD_CHUNK = 65536  # vectors converted and added at a time
 GPU_PQ_BYTES = (96, 64, 56, 48, 40, 32, 28, 24, 20, 16, 12, 8, 4, 3, 2, 1)  # code sizes GpuIndexIVFPQ supports
 
@@ -53,32 +58,6 @@ class SearchResult:
     image_ids: torch.Tensor  # [Q, k] long
     xy: torch.Tensor  # [Q, k, 2] long (x, y); −1 for image-level vectors and missing results
     scores: torch.Tensor  # [Q, k] float32: cosine (higher first) or L2 distance (lower first)
-
-
-def pack_labels(image_ids: torch.Tensor, xy: torch.Tensor | None) -> np.ndarray:  # [n] int64
-    """(image id, x, y) -> faiss id. ``xy=None`` labels image-level vectors."""
-    ids = torch.as_tensor(image_ids).long().reshape(-1)
-    if ids.numel() and (ids.min() < 0 or ids.max() >= 2**31):
-        raise ValueError(f"image ids must be in 0..2^31-1, got range {int(ids.min())}..{int(ids.max())}")
-    if xy is None:
-        x = y = torch.full_like(ids, NO_XY)
-    else:
-        xy = torch.as_tensor(xy).long()
-        if xy.shape != (len(ids), 2):
-            raise ValueError(f"xy must be [n, 2] (x, y) with n = {len(ids)} vectors, got {list(xy.shape)}")
-        if xy.numel() and (xy.min() < 0 or xy.max() > _MAX_XY):
-            raise ValueError(f"x and y must be in 0..{_MAX_XY}, got range {int(xy.min())}..{int(xy.max())}")
-        x, y = xy[:, 0], xy[:, 1]
-    return ((ids << 32) | (y << 16) | x).cpu().numpy().astype(np.int64)
-
-
-def unpack_labels(labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:  # [..] -> image ids, [.., 2] xy
-    lab = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    missing = lab < 0
-    image = torch.where(missing, -1, lab >> 32)
-    x, y = lab & 0xFFFF, (lab >> 16) & 0xFFFF
-    xy = torch.stack([x, y], dim=-1)
-    return image, torch.where((missing | (x == NO_XY))[..., None], -1, xy)
 
 
 def default_pq_bytes(dim: int) -> int:
@@ -109,8 +88,9 @@ class FeatureIndex:
             bytes per vector), or None. Refined indexes stay on the CPU (see ``device``).
         refine_k_factor: candidates taken from IVF-PQ per result when refining (k·refine_k_factor re-ranked).
         device: ``"auto"`` (all GPUs faiss sees, else CPU), ``"cpu"``, ``"cuda"``/``"cuda:N"`` (one GPU), or
-            ``"all"`` (sharded over every GPU with ``index_cpu_to_all_gpus``). With ``refine``, ``"auto"`` means the
-            CPU and a GPU device is an error: the refine wrapper is not cloned to GPUs here.
+            ``"all"`` (sharded over every GPU: flat by :mod:`.shards`, IVF-PQ by ``index_cpu_to_gpus_list``). With
+            ``refine``, ``"auto"`` means the CPU and a GPU device is an error: the refine wrapper is not cloned to
+            GPUs here.
         meta: JSON-serialisable metadata saved with the index (e.g. image names and sizes).
     """
 
@@ -258,12 +238,7 @@ class FeatureIndex:
         if feat.ndim != 3:
             raise ValueError(f"feat must be a feature map [C, h, w], got {list(feat.shape)}")
         c, h, w = feat.shape
-        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        xy = torch.stack([xs.flatten(), ys.flatten()], 1).double()
-        if image_size is not None:
-            W, H = image_size
-            xy = ((xy + 0.5) * xy.new_tensor([W / w, H / h]) - 0.5).round().clamp_min(0)
-        return self.add(feat.reshape(c, h * w).T, image_id, xy.long())
+        return self.add(feat.reshape(c, h * w).T, image_id, cell_pixel_labels(h, w, image_size))
 
     def add_pooled(self, feats: torch.Tensor, image_ids: Sequence[int] | torch.Tensor) -> FeatureIndex:
         """Add one image-level vector per map of ``feats`` [B, C, h, w] (see :func:`pooled_descriptors`)."""
@@ -298,7 +273,7 @@ class FeatureIndex:
             raise ValueError(f"k = {k} but the index holds {self.ntotal} vectors; k must be in 1..{self.ntotal}")
         q = queries if queries.ndim == 2 else queries.reshape(1, -1)
         x = self._as_matrix(q, "queries")
-        scores, labels = self._index.search(x, k)
+        scores, labels = self._search_stable(x, k)
         image, xy = unpack_labels(labels)
         scores = torch.from_numpy(scores)
         if self.metric == "l2":
@@ -307,23 +282,20 @@ class FeatureIndex:
 
     # -- persistence ----------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the index and its metadata to one file, atomically (a temporary name, then a rename)."""
+        """Write the index and its metadata to one file, atomically (:mod:`dift_fast.atomic`)."""
         from safetensors.numpy import save_file
 
         faiss = import_faiss()
-        cpu = faiss.index_gpu_to_cpu(self._index) if self._gpus else self._index
+        cpu = index_to_cpu(self._index) if self._gpus else self._index
         blob = faiss.serialize_index(cpu) if cpu is not None else np.zeros(0, np.uint8)
         header = {"format": FORMAT, "dim": self.dim, "kind": self.kind, "metric": self.metric, "nlist": self.nlist,
                   "m": self.m, "nbits": self.nbits, "nprobe": self.nprobe, "refine": self.refine,
                   "refine_k_factor": self.refine_k_factor, "meta": self.meta}
+        blob = np.ascontiguousarray(blob, dtype=np.uint8)
+        text = json.dumps(header, sort_keys=True)
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            save_file({"faiss": blob}, str(tmp), metadata={"header": json.dumps(header)})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(path) as tmp:
+            save_file({"faiss": blob}, str(tmp), metadata={"header": text, "checksum": _checksum(text, blob)})
         return path
 
     @classmethod
@@ -336,12 +308,20 @@ class FeatureIndex:
             raise FileNotFoundError(f"index file {path} does not exist")
         try:
             with safe_open(str(path), framework="numpy") as f:
-                header = json.loads((f.metadata() or {})["header"])
+                meta = f.metadata() or {}
+                text, checksum = meta["header"], meta.get("checksum")
                 blob = f.get_tensor("faiss")
+            header = json.loads(text)
         except Exception as err:
-            raise ValueError(f"{path} is not a dift-fast index file ({err})") from None
-        if header.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a dift-fast index (format {header.get('format')!r}, expected {FORMAT})")
+            raise ValueError(f"{path} is not a dift-fast index file or is damaged ({type(err).__name__}: {err})") from None
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            found = header.get("format") if isinstance(header, dict) else None
+            raise ValueError(f"{path} is not a dift-fast index (format {found!r}, expected {FORMAT}); "
+                             "rebuild it with `dift-fast index build`")
+        if blob.dtype != np.uint8 or blob.ndim != 1 or checksum != _checksum(text, blob):
+            # Checked before faiss sees the bytes: faiss does not validate them, and a damaged index can crash.
+            raise ValueError(f"{path} is damaged: its checksum does not match its content (modified or corrupt "
+                             "after it was written); rebuild it with `dift-fast index build`")
         index = cls(header["dim"], header["kind"], metric=header["metric"], nlist=header["nlist"], m=header["m"],
                     nbits=header["nbits"], nprobe=header["nprobe"], refine=header.get("refine"),
                     refine_k_factor=header.get("refine_k_factor", 8.0), device=device, meta=header["meta"])
@@ -350,6 +330,32 @@ class FeatureIndex:
         return index
 
     # -- internals ------------------------------------------------------------------------------------------------
+    def _search_stable(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:  # [Q, k] scores, labels
+        """faiss' search with equal scores ordered by label (image id, then y, x), so that the ``k`` results are
+        always the first ``k`` of the ``k + 1`` results.
+
+        faiss orders equal scores as its heap leaves them, which changes with k. Here the search asks for more
+        results until the last one scores strictly worse than the k-th (so every result tied with the k-th is in
+        hand; usually one extra result), then sorts by (score, label). Exact for flat and IVF-PQ indexes (the
+        candidates and their scores do not depend on k); a refined index re-ranks k·k_factor candidates, so a
+        larger k may bring in a better one.
+        """
+        higher_first = self.metric == "cosine"
+        want = min(k + 1, self.ntotal)
+        while True:
+            scores, labels = self._index.search(x, want)
+            if want >= self.ntotal or want == k:
+                break
+            kth, last = scores[:, k - 1], scores[:, -1]
+            ties_beyond = (labels[:, -1] >= 0) & (last == kth)  # the k-th score may continue past what we have
+            if not ties_beyond.any():
+                break
+            want = min(2 * want, self.ntotal)
+        missing = labels < 0  # fewer results than asked (IVF): kept last
+        key = np.where(missing, np.inf, -scores if higher_first else scores)
+        order = np.lexsort((labels, key), axis=-1)[:, :k]
+        return np.take_along_axis(scores, order, 1), np.take_along_axis(labels, order, 1)
+
     def _as_matrix(self, x: torch.Tensor | np.ndarray, name: str) -> np.ndarray:  # [n, dim] float32 C-contiguous
         t = torch.as_tensor(x)
         if t.ndim != 2 or t.shape[1] != self.dim:
@@ -370,6 +376,9 @@ class FeatureIndex:
         if not self._gpus:
             self._index = cpu_index
             return
+        if self.kind == "flat" and len(self._gpus) > 1:  # faiss' own flat shards take one add only (.shards)
+            self._index = shard_flat(cpu_index, self._gpus)
+            return
         options = faiss.GpuMultipleClonerOptions()
         options.useFloat16 = self.kind == "ivfpq" and self.m > 48  # GPU PQ lookup tables above 48 bytes
         if len(self._gpus) == 1:
@@ -379,6 +388,14 @@ class FeatureIndex:
             self._index = faiss.index_cpu_to_gpus_list(cpu_index, co=options, gpus=list(self._gpus))
         if self.kind == "ivfpq":
             faiss.GpuParameterSpace().set_index_parameter(self._index, "nprobe", self.nprobe)
+
+
+def _checksum(header: str, blob: np.ndarray) -> str:
+    """sha256 over an index file's header text and faiss bytes."""
+    h = hashlib.sha256(header.encode())
+    h.update(b"\0")
+    h.update(np.ascontiguousarray(blob).tobytes())
+    return h.hexdigest()
 
 
 def _resolve_gpus(device: str) -> tuple[int, ...]:
@@ -401,79 +418,3 @@ def _resolve_gpus(device: str) -> tuple[int, ...]:
             raise ValueError(f"device={device!r} but faiss sees {count} GPU(s)")
         return (gpu,)
     raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'all', got {device!r}")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Finding points in a gallery
-
-
-def pooled_descriptors(feats: torch.Tensor) -> torch.Tensor:  # [B, C, h, w] or [C, h, w] -> [B, C]
-    """Image-level descriptors: the mean of the L2-normalised cell descriptors, L2-normalised."""
-    if feats.ndim == 3:
-        feats = feats[None]
-    if feats.ndim != 4:
-        raise ValueError(f"feats must be [B, C, h, w] or [C, h, w], got {list(feats.shape)}")
-    return F.normalize(F.normalize(feats.float(), dim=1).mean(dim=(2, 3)), dim=1)
-
-
-@dataclass(frozen=True)
-class PointHits:
-    """Where the query points land in the best gallery images."""
-
-    image_ids: torch.Tensor  # [K] long: retrieved images, best first
-    image_scores: torch.Tensor  # [K] float32: pooled-descriptor cosine
-    points: torch.Tensor  # [N, K, 2] long (x, y): each query point transferred into each image
-    scores: torch.Tensor  # [N, K] float32: cosine of each transfer
-
-
-GalleryLookup = Callable[[int], tuple[torch.Tensor, tuple[int, int]]]
-
-
-def find_points(
-    index: FeatureIndex,
-    query_feat: torch.Tensor,  # [C, h, w]
-    query_size: tuple[int, int],  # (W, H)
-    points: torch.Tensor | Sequence[Sequence[int]],  # [N, 2] (x, y) pixels of the query image
-    gallery: GalleryLookup | Any,
-    *,
-    top_images: int = 10,
-    exclude: int | None = None,
-) -> PointHits:
-    """Find query points in a gallery: image-level retrieval on pooled descriptors, then exact point transfer.
-
-    Args:
-        index: a cosine index of pooled descriptors (:meth:`FeatureIndex.add_pooled`), image ids = gallery ids.
-        query_feat: the query image's feature map ``[C, h, w]``.
-        query_size: (width, height) of the query image.
-        points: ``[N, 2]`` pixel coordinates (x, y) in the query image.
-        gallery: a :class:`dift_fast.io.FeatureFile`, or a function ``image_id -> (feat [C, h, w], (W, H))``.
-        top_images: K, the number of retrieved images to transfer the points into.
-        exclude: an image id to leave out (the query itself, when it is part of the gallery).
-
-    Returns:
-        :class:`PointHits` with the K images (best first) and the transferred points and their cosines.
-    """
-    lookup = _gallery_lookup(gallery)
-    want = top_images + (exclude is not None)
-    found = index.search(pooled_descriptors(query_feat), min(want, index.ntotal))
-    keep = found.image_ids[0] >= 0
-    if exclude is not None:
-        keep &= found.image_ids[0] != exclude
-    ids, img_scores = found.image_ids[0][keep][:top_images], found.scores[0][keep][:top_images]
-    if len(ids) == 0:
-        raise ValueError("no gallery image left to search (the index holds only the excluded query image)")
-    pts, scores = [], []
-    for image_id in ids.tolist():
-        feat, size = lookup(image_id)
-        xy, cos = match_points(query_feat, feat.to(query_feat.device), points, query_size, size)
-        pts.append(xy.cpu())
-        scores.append(cos.cpu())
-    return PointHits(ids, img_scores, torch.stack(pts, 1), torch.stack(scores, 1))
-
-
-def _gallery_lookup(gallery: GalleryLookup | Any) -> GalleryLookup:
-    if callable(gallery):
-        return gallery
-    if hasattr(gallery, "features") and hasattr(gallery, "original_sizes"):
-        return lambda i: (gallery.features[i], tuple(gallery.original_sizes[i]))
-    raise TypeError(f"gallery must be a FeatureFile or a function image_id -> (feat, (W, H)), got {type(gallery)}")

@@ -1,4 +1,4 @@
-"""Point transfer, keypoint descriptors and mutual nearest neighbours between DIFT feature maps (spec §4).
+"""Exact point transfer between two DIFT feature maps (spec §4): the literal reference and the fast twin.
 
 ``match_points_reference`` computes the spec literally (upsample both maps, normalise, cosine argmax) and is the
 oracle. ``match_points`` gives the same answer without materialising the upsampled C-channel maps:
@@ -16,67 +16,23 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = [
-    "check_points",
-    "cosine_maps",
-    "dense_mutual_nearest_neighbors",
-    "match_points",
-    "match_points_reference",
-    "mutual_nearest_neighbors",
-    "sample_descriptors",
-]
+from .checks import check_map, check_points, check_size, map_and_size
+
+__all__ = ["cosine_maps", "match_points", "match_points_reference"]
 
 _EPS = 1e-12  # F.normalize's default eps: a zero vector has cosine 0 with everything
 _CHUNK_BYTES = 64 << 20  # default budget for one chunk of [n, Ht, Wt] float32 cosine maps
 _GRAM_BLOCK = 16  # columns per batched Gram block: 2·h·(b+1)²·C multiply-adds per block
-
-
-def check_points(points: torch.Tensor, size: tuple[int, int], name: str = "points") -> torch.Tensor:
-    """Validate integer pixel points [N, 2] (x, y) against an image ``size`` (W, H); returns a long tensor."""
-    pts = torch.as_tensor(points)
-    if pts.ndim != 2 or pts.shape[-1] != 2:
-        raise ValueError(f"{name} must be [N, 2] (x, y) pixel coordinates, got shape {list(pts.shape)}")
-    if pts.is_floating_point():
-        if not torch.isfinite(pts).all():
-            raise ValueError(f"{name} contains NaN or Inf")
-        pts = pts.round()
-    pts = pts.long()
-    w, h = size
-    bad = (pts[:, 0] < 0) | (pts[:, 0] >= w) | (pts[:, 1] < 0) | (pts[:, 1] >= h)
-    if bad.any():
-        i = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"{name}[{i}] = ({int(pts[i, 0])}, {int(pts[i, 1])}) is outside the {w}x{h} image "
-            f"(x must be in 0..{w - 1}, y in 0..{h - 1})"
-        )
-    return pts
-
-
-def _check_map(feat: torch.Tensor, name: str) -> torch.Tensor:
-    if not isinstance(feat, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor [C, h, w], got {type(feat).__name__}")
-    if feat.ndim == 4 and feat.shape[0] == 1:
-        feat = feat[0]
-    if feat.ndim != 3:
-        raise ValueError(f"{name} must be a feature map [C, h, w] (or [1, C, h, w]), got {list(feat.shape)}")
-    if 0 in feat.shape:
-        raise ValueError(f"{name} is empty: shape {list(feat.shape)}")
-    return feat
-
-
-def _check_size(size: Sequence[int], name: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in size)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be (width, height), got {size!r}") from None
-    if w <= 0 or h <= 0:
-        raise ValueError(f"{name} must be a positive (width, height), got {size!r}")
-    return w, h
+# Query points go through the sampling, normalisation and dot-product matmul in blocks of exactly this many rows
+# (the last block padded): BLAS and cuBLAS pick their kernel, and so the float32 summation order, by the shapes
+# (one row takes a matrix-vector path that rounds differently from a matrix-matrix one), so a fixed shape makes a
+# point's answer independent of which and how many other points share the call, near-ties included.
+_QUERY_BLOCK = 16
 
 
 def match_points_reference(
@@ -91,10 +47,11 @@ def match_points_reference(
     Memory and work are C x Ht x Wt per pair; use :func:`match_points` for anything beyond a check.
     Ties go to the first maximum in row-major order (``torch.argmax``).
     """
-    src_feat, tgt_feat = _check_map(src_feat, "src_feat"), _check_map(tgt_feat, "tgt_feat")
+    src_feat, tgt_feat = check_map(src_feat, "src_feat"), check_map(tgt_feat, "tgt_feat")
     if src_feat.shape[0] != tgt_feat.shape[0]:
         raise ValueError(f"feature dimensions differ: src {src_feat.shape[0]}, tgt {tgt_feat.shape[0]}")
-    pts = check_points(torch.as_tensor(src_points), src_size, "src_points").to(src_feat.device)
+    src_size, tgt_size = check_size(src_size, "src_size"), check_size(tgt_size, "tgt_size")
+    pts = check_points(src_points, src_size, "src_points").to(src_feat.device)
     (ws, hs), (wt, ht) = src_size, tgt_size
     src_up = F.interpolate(src_feat[None].float(), size=(hs, ws), mode="bilinear", align_corners=False)[0]
     tgt_up = F.interpolate(tgt_feat[None].float(), size=(ht, wt), mode="bilinear", align_corners=False)[0]
@@ -104,10 +61,6 @@ def match_points_reference(
     cos = q @ tgt  # [N, Ht*Wt]
     best, idx = cos.max(dim=1)
     return torch.stack([idx % wt, idx // wt], dim=1), best
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Fast exact point transfer
 
 
 @functools.lru_cache(maxsize=64)
@@ -228,13 +181,14 @@ def _upsampled_inverse_norms(feat: torch.Tensor, size: tuple[int, int]) -> torch
 
 
 def _prepare_pair(
-    src_feat: torch.Tensor,
-    tgt_feat: torch.Tensor,
+    src_feat: torch.Tensor | Any,
+    tgt_feat: torch.Tensor | Any,
     src_points: torch.Tensor | Sequence[Sequence[float]],
-    src_size: tuple[int, int],
-    tgt_size: tuple[int, int],
+    src_size: tuple[int, int] | None,
+    tgt_size: tuple[int, int] | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int], tuple[int, int]]:
-    src_feat, tgt_feat = _check_map(src_feat, "src_feat"), _check_map(tgt_feat, "tgt_feat")
+    src_feat, src_size = map_and_size(src_feat, src_size, "src_feat")
+    tgt_feat, tgt_size = map_and_size(tgt_feat, tgt_size, "tgt_feat")
     if src_feat.shape[0] != tgt_feat.shape[0]:
         raise ValueError(
             f"feature dimensions differ: src_feat has {src_feat.shape[0]} channels, tgt_feat {tgt_feat.shape[0]}; "
@@ -242,9 +196,28 @@ def _prepare_pair(
         )
     if src_feat.device != tgt_feat.device:
         raise ValueError(f"src_feat is on {src_feat.device} but tgt_feat on {tgt_feat.device}; move both to one device")
-    src_size, tgt_size = _check_size(src_size, "src_size"), _check_size(tgt_size, "tgt_size")
-    pts = check_points(torch.as_tensor(src_points), src_size, "src_points").to(src_feat.device)
+    pts = check_points(src_points, src_size, "src_points").to(src_feat.device)
     return src_feat.float().contiguous(), tgt_feat.float().contiguous(), pts, src_size, tgt_size
+
+
+def _query_dots(src_feat: torch.Tensor, tgt_flat: torch.Tensor, pts: torch.Tensor,
+                src_size: tuple[int, int]) -> torch.Tensor:  # [N, P]
+    """Dot products of the normalised query vectors with every target cell, in fixed-shape blocks of queries.
+
+    Every block has exactly ``_QUERY_BLOCK`` rows (the last one padded with copies of its first point), so each
+    query's row is computed by the same kernels with the same summation order whatever the other queries are.
+    """
+    n = len(pts)
+    if n == 0:
+        return tgt_flat.new_empty(0, tgt_flat.shape[1])
+    pad = -n % _QUERY_BLOCK
+    if pad:
+        pts = torch.cat([pts, pts[-1:].expand(pad, 2)])
+    rows = []
+    for start in range(0, len(pts), _QUERY_BLOCK):
+        q = F.normalize(_sample_upsampled(src_feat, pts[start:start + _QUERY_BLOCK], src_size), dim=1)
+        rows.append(q @ tgt_flat)
+    return torch.cat(rows)[:n]
 
 
 def _cosine_chunks(
@@ -254,8 +227,7 @@ def _cosine_chunks(
     """Yield (start, [n, Ht*Wt] cosine maps) for consecutive chunks of the query points."""
     c, ht, wt = tgt_feat.shape
     W, H = tgt_size
-    q = F.normalize(_sample_upsampled(src_feat, pts, src_size), dim=1)  # [N, C]
-    dots = (q @ tgt_feat.view(c, ht * wt)).view(-1, 1, ht, wt)  # [N, 1, ht, wt]
+    dots = _query_dots(src_feat, tgt_feat.view(c, ht * wt), pts, src_size).view(-1, 1, ht, wt)  # [N, 1, ht, wt]
     inv_norm = _upsampled_inverse_norms(tgt_feat, tgt_size)  # [H, W]
     # Right and bottom border plateaus: pixels past the last cell centre all equal that cell in real arithmetic;
     # F.interpolate's l0·x + l1·x differs from x by an ulp, which would make ties there a coin toss. Copying the
@@ -291,11 +263,11 @@ def _topk_first(cos: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def match_points(
-    src_feat: torch.Tensor,  # [C, hs, ws]
-    tgt_feat: torch.Tensor,  # [C, ht, wt]
+    src_feat: torch.Tensor | Any,  # [C, hs, ws], or an ImageFeatures
+    tgt_feat: torch.Tensor | Any,  # [C, ht, wt], or an ImageFeatures
     src_points: torch.Tensor | Sequence[Sequence[float]],  # [N, 2] (x, y) source pixels
-    src_size: tuple[int, int],  # (W, H) of the source image
-    tgt_size: tuple[int, int],  # (W, H) of the target image
+    src_size: tuple[int, int] | None = None,  # (W, H) of the source image (taken from an ImageFeatures)
+    tgt_size: tuple[int, int] | None = None,  # (W, H) of the target image
     *,
     top_k: int = 1,
     chunk: int | None = None,
@@ -306,11 +278,13 @@ def match_points(
     first maximum in row-major order) without materialising an upsampled C-channel map; see the module docstring.
 
     Args:
-        src_feat: source feature map ``[C, hs, ws]`` (or ``[1, C, hs, ws]``), any float dtype, CPU or CUDA.
-        tgt_feat: target feature map ``[C, ht, wt]`` on the same device.
+        src_feat: source feature map ``[C, hs, ws]`` (or ``[1, C, hs, ws]``), any float dtype, CPU or CUDA; or an
+            :class:`~dift_fast.pair.ImageFeatures` (``extract_features(...)[i]``, ``FeatureBatch[i]``), which
+            carries its image's size.
+        tgt_feat: target feature map ``[C, ht, wt]`` on the same device, or an ``ImageFeatures``.
         src_points: ``[N, 2]`` integer pixel coordinates (x, y) in the source image (floats are rounded).
-        src_size: (width, height) of the original source image.
-        tgt_size: (width, height) of the original target image.
+        src_size: (width, height) of the original source image; not needed with an ``ImageFeatures``.
+        tgt_size: (width, height) of the original target image; not needed with an ``ImageFeatures``.
         top_k: number of best target pixels per point (ties: lower row-major index first).
         chunk: query points per cosine-map chunk (memory ``chunk·Ht·Wt·4`` bytes); default: a 64 MiB budget.
 
@@ -333,13 +307,15 @@ def match_points(
 
 
 def cosine_maps(
-    src_feat: torch.Tensor,  # [C, hs, ws]
-    tgt_feat: torch.Tensor,  # [C, ht, wt]
+    src_feat: torch.Tensor | Any,  # [C, hs, ws], or an ImageFeatures
+    tgt_feat: torch.Tensor | Any,  # [C, ht, wt], or an ImageFeatures
     src_points: torch.Tensor | Sequence[Sequence[float]],  # [N, 2] (x, y) source pixels
-    src_size: tuple[int, int],
-    tgt_size: tuple[int, int],
+    src_size: tuple[int, int] | None = None,
+    tgt_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:  # [N, Ht, Wt] float32
     """Cosine similarity of each source point to every target pixel (the maps :func:`match_points` maximises).
+
+    Maps and sizes as in :func:`match_points` (``ImageFeatures`` carry their sizes).
 
     Useful as the heat map of :func:`dift_fast.viz.plot_matches`. Memory: N·Ht·Wt floats.
     """
@@ -348,159 +324,3 @@ def cosine_maps(
     return torch.cat([cos for _, cos in _cosine_chunks(src_feat, tgt_feat, pts, src_size, tgt_size, None)]).view(
         -1, H, W
     )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Descriptors at keypoints and mutual nearest neighbours
-
-
-def sample_descriptors(
-    feat: torch.Tensor,  # [C, h, w]
-    points: torch.Tensor,  # [N, 2] float (x, y) in image pixels
-    image_size: tuple[int, int],  # (W, H) of the original image
-    convention: Literal["reference", "aligned"] = "reference",
-) -> torch.Tensor:  # [N, C]
-    """Bilinear descriptors at keypoints (``grid_sample`` semantics), not normalised.
-
-    Args:
-        feat: feature map ``[C, h, w]`` (or ``[1, C, h, w]``).
-        points: ``[N, 2]`` (x, y) pixel coordinates in the original image; fractional allowed.
-        image_size: (width, height) of the original image.
-        convention: ``"reference"``: the DIFT HPatches code, g = (p − c)/c with c = ((W−1)/2, (H−1)/2) and
-            grid_sample(align_corners=False, zero padding), which is half a feature cell off at the borders.
-            ``"aligned"``: pixel centres, g = (2p + 1)/(W, H) − 1 with border padding; at integer pixels this
-            equals reading the bilinearly upsampled map, i.e. the query vector of :func:`match_points`.
-
-    Returns:
-        ``[N, C]`` float32 descriptors.
-    """
-    feat = _check_map(feat, "feat").float()
-    W, H = _check_size(image_size, "image_size")
-    pts = torch.as_tensor(points, device=feat.device)
-    if pts.ndim != 2 or pts.shape[-1] != 2:
-        raise ValueError(f"points must be [N, 2] (x, y), got shape {list(pts.shape)}")
-    pts = pts.float()
-    if not torch.isfinite(pts).all():
-        raise ValueError("points contains NaN or Inf")
-    size = pts.new_tensor([W, H])
-    if convention == "reference":
-        c = (size - 1) / 2
-        grid, padding = (pts - c) / c.clamp_min(0.5), "zeros"  # W == 1: the reference divides by zero; keep finite
-    elif convention == "aligned":
-        grid, padding = (2 * pts + 1) / size - 1, "border"
-    else:
-        raise ValueError(f"convention must be 'reference' or 'aligned', got {convention!r}")
-    out = F.grid_sample(feat[None], grid[None, None], mode="bilinear", padding_mode=padding, align_corners=False)
-    return out[0, :, 0].T.contiguous()
-
-
-def _check_desc(desc: torch.Tensor, name: str) -> torch.Tensor:
-    if not isinstance(desc, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor [N, C], got {type(desc).__name__}")
-    if desc.ndim != 2:
-        raise ValueError(f"{name} must be descriptors [N, C], got shape {list(desc.shape)}")
-    return desc.float().contiguous()
-
-
-def mutual_nearest_neighbors(
-    desc0: torch.Tensor,  # [N, C]
-    desc1: torch.Tensor,  # [M, C]
-    *,
-    metric: Literal["cosine", "l2"] = "cosine",
-    min_score: float | None = None,
-    ratio: float | None = None,
-    backend: Literal["auto", "faiss", "torch"] = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mutual nearest neighbours between two descriptor sets, LightGlue conventions.
-
-    Args:
-        desc0: ``[N, C]`` descriptors of image 0.
-        desc1: ``[M, C]`` descriptors of image 1 (same C, same device).
-        metric: ``"cosine"`` (descriptors are L2-normalised first; score = cosine similarity) or ``"l2"``
-            (score = Euclidean distance, lower is better).
-        min_score: keep matches with cosine ≥ min_score (cosine) or distance ≤ min_score (l2).
-        ratio: Lowe's ratio test on distances (d1/d2 < ratio), applied in both directions; for cosine the
-            distance is that of the normalised descriptors, √(2 − 2·cos).
-        backend: ``"faiss"`` (IndexFlatIP/L2; a GPU index for CUDA tensors when faiss has GPU support),
-            ``"torch"`` (chunked matmul), or ``"auto"`` (faiss when installed).
-
-    Returns:
-        ``(matches0 [N] long, scores0 [N] float32)``: index into desc1 or −1; unmatched scores are 0 (cosine)
-        or +inf (l2).
-    """
-    from .faiss_utils import knn
-
-    desc0, desc1 = _check_desc(desc0, "desc0"), _check_desc(desc1, "desc1")
-    if desc0.shape[1] != desc1.shape[1]:
-        raise ValueError(f"descriptor dimensions differ: desc0 is {list(desc0.shape)}, desc1 {list(desc1.shape)}")
-    if desc0.device != desc1.device:
-        raise ValueError(f"desc0 is on {desc0.device} but desc1 on {desc1.device}; move both to one device")
-    if metric not in ("cosine", "l2"):
-        raise ValueError(f"metric must be 'cosine' or 'l2', got {metric!r}")
-    if ratio is not None and not 0 < ratio <= 1:
-        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
-    n, m = len(desc0), len(desc1)
-    worst = 0.0 if metric == "cosine" else float("inf")
-    matches0 = torch.full((n,), -1, dtype=torch.long, device=desc0.device)
-    scores0 = torch.full((n,), worst, device=desc0.device)
-    if n == 0 or m == 0:
-        return matches0, scores0
-    if metric == "cosine":
-        desc0, desc1 = F.normalize(desc0, dim=1), F.normalize(desc1, dim=1)
-    k = 2 if ratio is not None and min(n, m) >= 2 else 1
-    s01, i01 = knn(desc1, desc0, k, metric=metric, backend=backend)  # [N, k]: best in desc1 for each desc0
-    s10, i10 = knn(desc0, desc1, k, metric=metric, backend=backend)  # [M, k]
-    best1 = i01[:, 0]
-    ok = i10[best1, 0] == torch.arange(n, device=desc0.device)
-    score = s01[:, 0]
-    if min_score is not None:
-        ok &= score >= min_score if metric == "cosine" else score <= min_score
-    if k == 2:
-        ok &= _passes_ratio(s01, metric, ratio) & _passes_ratio(s10, metric, ratio)[best1]
-    matches0[ok] = best1[ok]
-    scores0[ok] = score[ok]
-    return matches0, scores0
-
-
-def _passes_ratio(scores: torch.Tensor, metric: str, ratio: float) -> torch.Tensor:  # [n, 2] -> [n] bool
-    dist = (2 - 2 * scores).clamp_min(0).sqrt() if metric == "cosine" else scores
-    return dist[:, 0] < ratio * dist[:, 1]
-
-
-def dense_mutual_nearest_neighbors(
-    feat0: torch.Tensor,  # [C, h0, w0]
-    feat1: torch.Tensor,  # [C, h1, w1]
-    *,
-    size0: tuple[int, int] | None = None,
-    size1: tuple[int, int] | None = None,
-    metric: Literal["cosine", "l2"] = "cosine",
-    min_score: float | None = None,
-    ratio: float | None = None,
-    backend: Literal["auto", "faiss", "torch"] = "auto",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mutual nearest neighbours between every cell of two feature maps.
-
-    Args:
-        feat0, feat1: feature maps ``[C, h, w]``.
-        size0, size1: optional (W, H) of the original images: coordinates are then pixel centres of the cells,
-            ((x + 0.5)·W/w − 0.5, (y + 0.5)·H/h − 0.5); otherwise feature-cell indices.
-        metric, min_score, ratio, backend: as :func:`mutual_nearest_neighbors`.
-
-    Returns:
-        ``(pts0 [K, 2] float32 (x, y), pts1 [K, 2] float32 (x, y), scores [K])`` of the K mutual matches.
-    """
-    feat0, feat1 = _check_map(feat0, "feat0"), _check_map(feat1, "feat1")
-    m0, s0 = mutual_nearest_neighbors(feat0.flatten(1).T, feat1.flatten(1).T, metric=metric, min_score=min_score,
-                                      ratio=ratio, backend=backend)
-    i0 = (m0 >= 0).nonzero()[:, 0]
-    i1 = m0[i0]
-    return _cell_xy(i0, feat0, size0), _cell_xy(i1, feat1, size1), s0[i0]
-
-
-def _cell_xy(flat: torch.Tensor, feat: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
-    h, w = feat.shape[1:]
-    xy = torch.stack([flat % w, flat // w], dim=1).float()
-    if size is None:
-        return xy
-    W, H = _check_size(size, "size")
-    return (xy + 0.5) * xy.new_tensor([W / w, H / h]) - 0.5
