@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import platform
 import statistics
 import sys
 import time
@@ -68,12 +69,11 @@ def main() -> None:
     import onnxruntime as ort
     from dift_fast.export.graphs import export_onnx
 
-    from dift_fast.bench.environment import machine
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(torch.get_num_threads())
-    res: dict = {"machine": machine(),
+    res: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                             "platform": platform.platform()},
                  "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__},
                  "size": args.size, "block": args.block}
     t0 = time.perf_counter()
@@ -133,7 +133,7 @@ def main() -> None:
     res["machine"] = {**res["machine"], **machine()}  # the CPU model name and cores, as every benchmark records them
     (out / "results.json").write_text(json.dumps(res, indent=2))
     lines = [f"SD 2.1 architecture (random weights), block {args.block}, {s}x{s}, batch 1, "
-             f"{res['machine']['cpu']} ({res['machine']['torch_threads']} threads), torch {torch.__version__}, "
+             f"{res['machine']['cpu']} ({res['machine']['threads']} threads), torch {torch.__version__}, "
              f"onnxruntime {ort.__version__}", "",
              "| run | UNet s | VAE s | UNet rel L2 vs torch fp32 | VAE rel L2 | graph files |",
              "|---|---|---|---|---|---|",
