@@ -5,21 +5,25 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from dift_fast.bench import BenchSettings, compile_supported, run_benchmark, summarize
+from dift_fast.architectures import architecture_dir
+from dift_fast.bench import BenchSettings, run_benchmark, summarize
 from dift_fast.bench.environment import gpu_processes
 from dift_fast.bench.memory import PeakMemory
-from dift_fast.bench.models import fill_random_, load_bench_components, resolve_architecture
+from dift_fast.bench.models import bench_model, fill_random_, random_components
 from dift_fast.bench.peaks import peak_flops
 from dift_fast.bench.report import format_table, instability, write_json
 from dift_fast.bench.stats import percentile
 from dift_fast.bench.timers import PerfCounterTimer
 from dift_fast.cli import main
+from dift_fast.config import DiftConfig
 from dift_fast.extractor import STAGES
 from dift_fast.tiny import tiny_component_configs
 
@@ -55,14 +59,14 @@ def _check_summary(summary: dict, values: list[float] | None = None) -> None:
 
 def test_report_schema_and_consistent_numbers(tiny_report):
     report = tiny_report
-    assert report["schema"] == "dift-fast-bench/1" and report["device"] == "cpu"
+    assert report["schema"] == "dift-fast-bench/2" and report["device"] == "cpu"
     assert report["machine"]["cores"] >= 1 and report["machine"]["torch"] == torch.__version__
     costs = report["costs"]
     E = report["config"]["ensemble_size"]
-    assert costs["engine_flops_per_image"] == costs["vae_flops_per_image"] + E * costs["unet_flops_per_member"]
-    assert (
-        costs["reference_flops_per_image"]
-        == E * (costs["vae_flops_per_image"] + costs["unet_flops_per_member"]) + costs["text_encoder_flops_per_prompt"]
+    assert costs["backbone"] == "sd" and costs["encoder_flops_per_image"] > 0
+    assert costs["engine_flops_per_image"] == costs["encoder_flops_per_image"] + E * costs["network_flops_per_member"]
+    assert costs["reference_flops_per_image"] == E * (
+        costs["encoder_flops_per_image"] + costs["network_flops_per_member"]
     )
     records = report["records"]
     assert [(r["kind"], r["batch_size"], r["status"]) for r in records] == [
@@ -75,7 +79,7 @@ def test_report_schema_and_consistent_numbers(tiny_report):
         batch, calls = r["batch_size"], r["call_s"]["values"]
         assert len(calls) == 3
         _check_summary(r["call_s"])
-        _check_summary(r["image_s"], [c / batch for c in calls])  # per image = per call / batch
+        _check_summary(r["per_image_s"], [c / batch for c in calls])  # per image = per call / batch
         assert r["images_per_s"] == pytest.approx(batch / r["call_s"]["p50"])
         cv = float(np.std(calls, ddof=1) / np.mean(calls))
         assert r["cv"] == pytest.approx(cv) and r["stable"] == (cv <= report["max_cv"])
@@ -92,7 +96,7 @@ def test_report_schema_and_consistent_numbers(tiny_report):
         assert r["peak_flops"] is None and r["peak_share"] is None  # no datasheet peak for a CPU
         if r["kind"] == "engine":
             assert r["baseline_ratio"] == pytest.approx(r["images_per_s"] / baseline["images_per_s"])
-            assert r["baseline_ratio"] == pytest.approx(baseline["image_s"]["p50"] / r["image_s"]["p50"])
+            assert r["baseline_ratio"] == pytest.approx(baseline["per_image_s"]["p50"] / r["per_image_s"]["p50"])
         else:
             assert r["baseline_ratio"] is None
     assert report["stable"] == all(r["stable"] for r in records)
@@ -125,8 +129,16 @@ def test_stage_recorder_sees_every_stage_and_changes_nothing(tiny_extractor_fact
     ext.stage_recorder = log = Log()
     recorded = ext.extract(images)
     assert torch.equal(plain, recorded)
-    per_batch = ["preprocess", "encoder", "noise", "prompt", "unet", "reduce", "end"]
-    assert log.events == ["preprocess", "end", *per_batch, *per_batch]  # two micro-batches (2 + 1 images)
+    # per micro-batch: the noise stage opens for the explicit-noise copy (none here) and again for x_t
+    per_batch = ["preprocess", "encoder", "noise", "prompt", "noise", "unet", "reduce"]
+    finish = ["reduce", "end"]  # concatenation and the call's one finite-check read
+    assert log.events == ["preprocess", "end", *per_batch, *per_batch, *finish]  # two micro-batches (2 + 1 images)
+    log.events.clear()
+    grid = ext.extract_grid(images[:2], timesteps=(101, 261))  # one micro-batch, one pass per t
+    per_t = ["noise", "unet", "reduce"]
+    assert log.events == ["preprocess", "end", "preprocess", "encoder", "noise", "prompt", *per_t, *per_t, *finish]
+    ext.stage_recorder = Log()
+    assert torch.equal(grid[(101, 1)], ext.extract_grid(images[:2], timesteps=(101, 261))[(101, 1)])
 
 
 def test_each_side_is_measured_even_if_the_other_fails(tiny_model_dir, monkeypatch):
@@ -255,10 +267,23 @@ def test_cli_skips_unavailable_backend_with_reason_and_plots(tiny_model_dir, tmp
     assert "not a dift-fast bench report" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(compile_supported(), reason="DiftConfig has compile: --compile passes through to the extractor")
-def test_compile_is_refused_clearly_where_this_version_lacks_it(capsys):
-    assert main(["bench", "--model", "tiny-random", "--device", "cpu", "--compile"]) == 2
-    assert "not available in this version" in capsys.readouterr().err
+def test_compile_sets_the_config_and_every_record_says_so(tiny_model_dir, monkeypatch):
+    """--compile reaches DiftConfig.compile (torch.compile itself is tested in test_fast_paths)."""
+    from dift_fast.bench import runner
+
+    built = []
+
+    class Spy(runner.DiftExtractor):
+        def __init__(self, components, config, *args, **kwargs):
+            built.append(config)
+            raise RuntimeError("not built: the test only looks at the config")
+
+    monkeypatch.setattr(runner, "DiftExtractor", Spy)
+    settings = BenchSettings(model=str(tiny_model_dir), compile=True, batch_sizes=(1,), warmup=0, iters=2, **TINY)
+    report = run_benchmark(settings)
+    assert [c.compile for c in built] == [True]
+    assert report["settings"]["compile"] is True
+    assert [(r["compile"], r["status"]) for r in report["records"]] == [(True, "skipped")]
 
 
 def _write_architecture(folder):
@@ -274,14 +299,48 @@ def _write_architecture(folder):
 def test_architecture_folder_runs_with_random_weights(tmp_path):
     folder = _write_architecture(tmp_path / "arch")
     report = run_benchmark(BenchSettings(architecture=str(folder), batch_sizes=(1,), warmup=0, iters=2, **TINY))
-    assert "architecture, random weights" in report["model"]
+    assert "architecture, random weights" in report["model"] and report["config"]["preset"] == "spair"
     assert report["records"][0]["status"] == "ok"
+
+
+def test_adm_architecture_folder_runs_with_the_adm_preset_and_baseline(tmp_path):
+    from dift_fast.tiny import tiny_adm_config
+
+    folder = tmp_path / "adm"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(tiny_adm_config()))
+    settings = BenchSettings(
+        architecture=str(folder),
+        device="cpu",
+        image_size=(32, 32),
+        ensemble_size=2,
+        up_ft_index=1,
+        batch_sizes=(1, 2),
+        warmup=0,
+        iters=2,
+        baseline=True,
+    )
+    report = run_benchmark(settings)
+    assert report["config"]["backbone"] == "adm" and report["config"]["preset"] == "adm-spair"
+    assert [(r["kind"], r["status"]) for r in report["records"]] == [
+        ("baseline", "ok"),
+        ("engine", "ok"),
+        ("engine", "ok"),
+    ]
+    costs = report["costs"]
+    assert costs["backbone"] == "adm" and costs["encoder_flops_per_image"] == 0
+    assert (
+        costs["engine_flops_per_image"] == costs["reference_flops_per_image"] == 2 * costs["network_flops_per_member"]
+    )
+    baseline = report["records"][0]["stages_s"]
+    assert "encoder" not in baseline and "prompt" not in baseline  # pixel space, no text: neither runs
+    assert {"noise", "unet", "reduce"} <= set(baseline)
 
 
 def test_random_weights_are_deterministic_with_the_default_init_scale(tmp_path):
     folder = _write_architecture(tmp_path / "arch")
-    a, _ = load_bench_components(None, str(folder), 1)
-    b, _ = load_bench_components(None, str(folder), 1)
+    config = DiftConfig.from_preset("spair", model=str(folder), up_ft_index=1)
+    a, b = random_components(config), random_components(config)
     for (name, pa), pb in zip(a.unet.named_parameters(), b.unet.parameters()):
         assert torch.equal(pa, pb), name
     conv = a.unet.conv_in
@@ -296,14 +355,29 @@ def test_random_weights_are_deterministic_with_the_default_init_scale(tmp_path):
         fill_random_(torch.nn.BatchNorm1d(3))
 
 
+def test_random_components_for_several_blocks_share_one_network(tmp_path):
+    folder = _write_architecture(tmp_path / "arch")
+    config = DiftConfig.from_preset("spair", model=str(folder), up_ft_index=2)
+    made = random_components(config, blocks=(0, 2))
+    assert sorted(made) == [0, 2] and made[0].block == 0 and made[2].block == 2
+    assert made[0].network.conv_in is made[2].network.conv_in  # views of one network, not copies
+    assert made[0].network.up_blocks[0] is made[2].network.up_blocks[0]
+    assert not any(p.is_meta for p in made[2].network.parameters())
+
+
 def test_architecture_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="not a built-in architecture"):
-        resolve_architecture(str(tmp_path / "missing"))
+        bench_model(None, str(tmp_path / "missing"))
     (tmp_path / "half" / "unet").mkdir(parents=True)
     (tmp_path / "half" / "unet" / "config.json").write_text("{}")
     with pytest.raises(ValueError, match=r"missing vae/config\.json"):
-        resolve_architecture(str(tmp_path / "half"))
-    assert resolve_architecture("sd21")[0] == "sd21"
+        bench_model(None, str(tmp_path / "half"))
+    with pytest.raises(ValueError, match="exactly one"):
+        bench_model("tiny-random", "sd21")
+    model, preset, random_weights = bench_model(None, "sd21")
+    assert Path(model) == architecture_dir("sd21") and preset == "spair" and random_weights
+    assert bench_model(None, "adm256") == ("adm256", "adm-spair", True)
+    assert bench_model("tiny-random", None) == ("tiny-random", "spair", False)
 
 
 @pytest.mark.parametrize(
@@ -344,22 +418,82 @@ def test_gpu_process_check_says_when_it_cannot_look(monkeypatch):
     assert gpu_processes() == ([{"pid": 4242, "name": "other-trainer", "used_memory_mib": 2048}], None)
 
 
-def test_sd21_architecture_runs_on_the_cpu():
-    """The built-in SD 2.1 architecture (5 GB of random fp32 weights; about 20 s here) with the baseline."""
-    report = run_benchmark(
-        BenchSettings(
-            architecture="sd21",
-            device="cpu",
-            image_size=(64, 64),
-            ensemble_size=1,
-            batch_sizes=(1,),
-            warmup=0,
-            iters=2,
-            baseline=True,
-        )
-    )
-    assert [r["status"] for r in report["records"]] == ["ok", "ok"]
-    assert abs(report["costs"]["truncated_unet_parameters"] / 774e6 - 1) < 0.005  # the spec's 774 M
+# Issue 14's "Done when" command lines; --allow-noisy and --out are added so that the JSON is written on this shared
+# machine whatever its load (a noisy run is refused otherwise: test_cli_refuses_to_report_an_unstable_run).
+DONE_WHEN = [
+    "bench",
+    "--device",
+    "cpu",
+    "--image-size",
+    "64x64",
+    "--ensemble-size",
+    "2",
+    "--batch-sizes",
+    "1,2",
+    "--iters",
+    "3",
+    "--baseline",
+    "--allow-noisy",
+]
+
+
+def _check_done_when_report(report: dict) -> None:
+    """p50/p90/p99 per stage, images/s, peak memory and the baseline ratio, for the baseline and batch sizes 1, 2."""
+    records = report["records"]
+    assert [(r["kind"], r["batch_size"], r["status"]) for r in records] == [
+        ("baseline", 1, "ok"),
+        ("engine", 1, "ok"),
+        ("engine", 2, "ok"),
+    ]
+    for r in records:
+        assert {"preprocess", "encoder", "noise", "prompt", "unet", "reduce", "copy_to_host"} <= set(r["stages_s"])
+        for stage in r["stages_s"].values():
+            assert len(stage["values"]) == 3 and stage["p50"] <= stage["p90"] <= stage["p99"]
+        assert r["images_per_s"] > 0 and r["per_image_s"]["p50"] > 0
+        assert r["memory"]["peak_bytes"] >= r["memory"]["before_bytes"] > 0
+        assert (r["baseline_ratio"] is None) == (r["kind"] == "baseline")
+        if r["kind"] == "engine":
+            assert r["baseline_ratio"] == pytest.approx(r["images_per_s"] / records[0]["images_per_s"])
+
+
+def _engine_time():
+    """benchmarks/engine_time.py: what scripts/gpu_check.sh's summary reads from the bench's JSON."""
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, benchmarks)
+    try:
+        import engine_time
+    finally:
+        sys.path.remove(benchmarks)
+    return engine_time
+
+
+def test_done_when_tiny_random_and_the_gpu_check_reads_its_json(tmp_path, capsys):
+    out = tmp_path / "tiny.json"
+    assert main([*DONE_WHEN, "--model", "tiny-random", "--out", str(out)]) == 0
+    assert "reference style (fp32)" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    _check_done_when_report(report)
+    engine = {r["batch_size"]: r for r in report["records"] if r["kind"] == "engine"}
+    read = _engine_time().engine_ms_from_json
+    for batch in (1, 2):
+        ms, note = read(out, batch)
+        assert ms == pytest.approx(engine[batch]["per_image_s"]["p50"] * 1e3) and ms > 0, note
+    # the baseline record (batch 1) is never taken, even when it is the fastest at that batch size
+    report["records"][0]["per_image_s"]["p50"] = engine[1]["per_image_s"]["p50"] / 100
+    faster = tmp_path / "baseline-fastest.json"
+    faster.write_text(json.dumps(report))
+    ms, _ = read(faster, 1)
+    assert ms == pytest.approx(engine[1]["per_image_s"]["p50"] * 1e3)
+
+
+def test_done_when_sd21_architecture(tmp_path):
+    """The built-in SD 2.1 architecture (5 GB of random fp32 weights; about a minute here) with the baseline."""
+    out = tmp_path / "sd21.json"
+    assert main([*DONE_WHEN, "--architecture", "sd21", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    _check_done_when_report(report)
+    assert report["model"] == "sd21 (architecture, random weights)"
+    assert abs(report["costs"]["network_parameters"] / 774e6 - 1) < 0.005  # the spec's 774 M to block 1
 
 
 @pytest.mark.gpu

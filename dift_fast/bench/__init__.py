@@ -15,7 +15,7 @@ Example:
 """
 
 from .report import format_table, instability, write_json
-from .runner import SCHEMA, BenchSettings, compile_supported, run_benchmark
+from .runner import SCHEMA, BenchSettings, run_benchmark
 from .stats import MAX_CV, Summary, summarize
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "SCHEMA",
     "BenchSettings",
     "Summary",
-    "compile_supported",
     "format_table",
     "instability",
     "run_benchmark",

@@ -1,17 +1,17 @@
 """What ``dift-fast bench`` runs: a model (hub id, folder, ``tiny-random``) or an architecture with random weights.
 
-An architecture is a folder of component configs (``dift_fast.architectures`` ships ``sd21``): its networks are
-built with random weights, nothing is downloaded, and the timings are those of the real model (the work of dense
-layers does not depend on the values of their weights). To add a backbone, add its builder to
-:data:`ARCHITECTURE_BUILDERS` and, for folders, a layout test in :func:`resolve_architecture`.
+An architecture is a set of component configs (``dift_fast.architectures`` ships ``sd21`` and ``adm256``, or a
+folder of them): its networks are built with random weights, nothing is downloaded, and the timings are those of
+the real model (the work of dense layers does not depend on the values of their weights). :func:`random_components`
+is the project's one builder of random-weight real-size models (the scripts in ``benchmarks/`` call it too).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,15 @@ import torch
 from torch import nn
 
 from ..architectures import ARCHITECTURES, architecture_dir
-from ..loading import DiftComponents, load_components
+from ..backbones.base import DiftComponents
+from ..backbones.catalog import default_preset_for_model
+from ..config import DiftConfig
 
 __all__ = [
-    "ARCHITECTURE_BUILDERS",
-    "build_sd_components",
+    "SD_LAYOUT",
+    "bench_model",
     "fill_random_",
-    "load_bench_components",
-    "resolve_architecture",
+    "random_components",
 ]
 
 # Random values are drawn once into a block of this many (a prime, so rows of a weight never repeat the same
@@ -78,86 +79,119 @@ def fill_random_(module: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def _materialize(module: nn.Module, seed: int) -> nn.Module:
+    """``module`` (built on the meta device) in CPU memory with :func:`fill_random_` weights; eval, no grad."""
     return fill_random_(module.to_empty(device="cpu"), seed).eval().requires_grad_(False)
 
 
-def build_sd_components(folder: Path, up_ft_index: int, seed: int = 0) -> DiftComponents:
-    """Stable Diffusion 2.x networks from a folder of component configs, with random weights (no download).
+def random_components(
+    config: DiftConfig, seed: int = 0, *, blocks: Any = None
+) -> DiftComponents | dict[int, DiftComponents]:
+    """Random-weight :class:`~dift_fast.backbones.base.DiftComponents` of a real-size architecture, for ``config``.
 
-    ``folder`` holds ``unet/config.json``, ``vae/config.json``, ``text_encoder/config.json`` and
-    ``scheduler/scheduler_config.json``. The tokenizer is dift-fast's byte-level stand-in (its ids stay inside
-    the vocabulary). Only the truncated UNet and the VAE encoder get weights.
+    Nothing is downloaded and no weight file is read. SD 2.x and CleanDIFT: ``config.model`` is a folder of
+    component configs (``unet/``, ``vae/``, ``text_encoder/config.json``, ``scheduler/scheduler_config.json``;
+    the packaged ``sd21`` one: :func:`~dift_fast.architectures.architecture_dir`), with dift-fast's byte-level
+    tokenizer (its ids stay inside the vocabulary). ADM: ``config.model`` is ``adm256`` (the packaged config) or a
+    folder holding a ``UNet2DModel`` ``config.json``. The networks are truncated after ``config.up_ft_index`` as
+    the loader would; the weights are :func:`fill_random_`'s (deterministic in ``seed``).
+
+    Args:
+        config: the settings (its backbone, model and feature block).
+        seed: seed of the weights.
+        blocks: feature blocks: return ``{k: DiftComponents}`` truncated after each block k, all views of one
+            random network (its modules shared, not copied) with one encoder and text encoder.
+
+    Raises:
+        ValueError: the configs cannot be read or do not build the backbone's network.
     """
+    from ..backbones.registry import backbone_for
+
+    backbone = backbone_for(config)
+    wanted = sorted({backbone.check_block(k) for k in (blocks if blocks is not None else [config.up_ft_index])})
+    if not backbone.has_encoder:  # ADM: pixel space, no text
+        from ..backbones.adm import build_adm_unet
+        from ..backbones.adm_network import TruncatedADM
+
+        try:
+            full = build_adm_unet(dict(backbone.architecture))  # meta: shapes only
+            networks = {k: TruncatedADM(full, k) for k in wanted}
+        except (TypeError, ValueError, KeyError) as err:
+            raise ValueError(f"model {config.model!r}: the config does not build an ADM network: {err}") from None
+        _materialize(networks[wanted[-1]], seed)  # the deepest holds every shallower one's modules
+        del full
+        gc.collect()
+        made = {k: DiftComponents(backbone, k, net.eval().requires_grad_(False)) for k, net in networks.items()}
+        return made if blocks is not None else made[config.up_ft_index]
+
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from ..tiny import _write_tokenizer
     from ..unet import TruncatedUNet, VaeEncoder
 
-    def read(component: str, name: str = "config.json") -> dict[str, Any]:
-        path = folder / component / name
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise ValueError(f"architecture folder {folder}: cannot read {component}/{name}: {err}") from None
+    folder = Path(config.model).expanduser()
+    missing = [rel for rel in SD_LAYOUT if not (folder / rel).is_file()]
+    if missing:
+        raise ValueError(f"architecture folder {folder} is missing {', '.join(missing)} (the SD 2.x component configs)")
+    backbone.__dict__["source"] = folder  # configs only (no weights, no tokenizer): skip the model-folder check
 
-    text_config = {k: v for k, v in read("text_encoder").items() if k != "architectures"}
+    def read(rel: str) -> dict[str, Any]:
+        try:
+            return json.loads((folder / rel).read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"architecture folder {folder}: cannot read {rel}: {err}") from None
+
+    text_config = {k: v for k, v in read("text_encoder/config.json").items() if k != "architectures"}
     try:
         with torch.device("meta"):
-            unet = TruncatedUNet(UNet2DConditionModel.from_config(read("unet")), up_ft_index)
-            vae = VaeEncoder(AutoencoderKL.from_config(read("vae")))
+            full = UNet2DConditionModel.from_config(read("unet/config.json"))
+            networks = {k: TruncatedUNet(full, k) for k in wanted}
+            encoder = VaeEncoder(AutoencoderKL.from_config(read("vae/config.json")))
             text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
     except (TypeError, ValueError, KeyError) as err:
         raise ValueError(f"architecture folder {folder}: the configs do not build an SD 2.x model: {err}") from None
+    _materialize(networks[wanted[-1]], seed)  # the deepest holds every shallower one's modules
+    del full
+    for net in networks.values():
+        net.eval().requires_grad_(False)
     with tempfile.TemporaryDirectory(prefix="dift-fast-tokenizer-") as tmp:
         _write_tokenizer(Path(tmp))
         tokenizer = CLIPTokenizer.from_pretrained(tmp)
-    return DiftComponents(
-        unet=_materialize(unet, seed),
-        vae=_materialize(vae, seed + 1),
-        text_encoder=_materialize(text_encoder, seed + 2),
-        tokenizer=tokenizer,
-        scheduler_config=read("scheduler", "scheduler_config.json"),
-        folder=folder,
-        model_id=f"{folder.name}-random-weights",
-        revision=None,
-    )
+    encoder, text_encoder = _materialize(encoder, seed + 1), _materialize(text_encoder, seed + 2)
+    gc.collect()
+    made = {k: DiftComponents(backbone, k, net, encoder, text_encoder, tokenizer) for k, net in networks.items()}
+    return made if blocks is not None else made[config.up_ft_index]
 
 
-# Architecture kind -> builder(folder, up_ft_index) of random-weight components.
-ARCHITECTURE_BUILDERS: dict[str, Callable[[Path, int], DiftComponents]] = {"sd21": build_sd_components}
-_SD_LAYOUT = ("unet/config.json", "vae/config.json", "text_encoder/config.json", "scheduler/scheduler_config.json")
+SD_LAYOUT = ("unet/config.json", "vae/config.json", "text_encoder/config.json", "scheduler/scheduler_config.json")
 
 
-def resolve_architecture(spec: str) -> tuple[str, Path]:
-    """``(kind, folder)`` of a built-in architecture name (``sd21``) or a folder of component configs."""
-    if spec in ARCHITECTURES:
-        if spec not in ARCHITECTURE_BUILDERS:
-            raise ValueError(
-                f"architecture {spec!r} cannot be benchmarked in this version (no builder for it yet); "
-                f"choose one of {', '.join(ARCHITECTURE_BUILDERS)} or a folder of SD 2.x component configs"
-            )
-        return spec, architecture_dir(spec)
-    folder = Path(spec).expanduser()
-    if not folder.is_dir():
-        raise ValueError(
-            f"--architecture {spec!r}: not a built-in architecture ({', '.join(ARCHITECTURE_BUILDERS)}) "
-            "and not a folder"
-        )
-    if all((folder / rel).is_file() for rel in _SD_LAYOUT):
-        return "sd21", folder
-    missing = [rel for rel in _SD_LAYOUT if not (folder / rel).is_file()]
-    raise ValueError(f"architecture folder {folder} is missing {', '.join(missing)} (the SD 2.x component configs)")
+def bench_model(model: str | None, architecture: str | None) -> tuple[str, str, bool]:
+    """``(model, default preset, random weights)`` for ``--model`` or ``--architecture``.
 
-
-def load_bench_components(
-    model: str | None, architecture: str | None, up_ft_index: int, revision: str | None = None
-) -> tuple[DiftComponents, str]:
-    """Components to benchmark and a label for them: a model loaded as usual, or an architecture built here."""
+    An architecture is a built-in name (:data:`~dift_fast.architectures.ARCHITECTURES`: ``sd21``, ``adm256``), a
+    folder of SD 2.x component configs, or a folder holding an ADM ``UNet2DModel`` ``config.json``; the model it
+    gives is what :func:`random_components` builds from.
+    """
     if (model is None) == (architecture is None):
         raise ValueError("give exactly one of a model (--model) and an architecture (--architecture)")
-    if architecture is not None:
-        kind, folder = resolve_architecture(architecture)
-        label = f"{architecture if architecture in ARCHITECTURES else folder} (architecture, random weights)"
-        return ARCHITECTURE_BUILDERS[kind](folder, up_ft_index), label
-    return load_components(model, revision, up_ft_index), model
+    if architecture is None:
+        return model, default_preset_for_model(model), False
+    if architecture in ARCHITECTURES:
+        name = architecture if architecture == "adm256" else str(architecture_dir(architecture))
+        return name, default_preset_for_model(architecture if architecture == "adm256" else None), True
+    folder = Path(architecture).expanduser()
+    if not folder.is_dir():
+        raise ValueError(
+            f"--architecture {architecture!r}: not a built-in architecture ({', '.join(ARCHITECTURES)}) and not a "
+            "folder"
+        )
+    preset = default_preset_for_model(str(folder))
+    if preset == default_preset_for_model(None):  # not an ADM folder: SD 2.x component configs
+        missing = [rel for rel in SD_LAYOUT if not (folder / rel).is_file()]
+        if missing:
+            raise ValueError(
+                f"architecture folder {folder} is missing {', '.join(missing)} (the SD 2.x component configs; "
+                "an ADM folder holds a UNet2DModel config.json)"
+            )
+    return str(folder), preset, True

@@ -7,7 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_reports"]
+__all__ = ["PLOTTABLE_SCHEMAS", "plot_reports"]
+
+# Report schemas a plot can be drawn from: the fields it reads (records' kind, status, backend, dtype, compile,
+# batch_size, stable, images_per_s, call_s) are the same in both.
+PLOTTABLE_SCHEMAS = ("dift-fast-bench/1", "dift-fast-bench/2")
 
 
 def _series(reports: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -30,11 +34,12 @@ def plot_reports(reports: Sequence[dict[str, Any]], path: str | os.PathLike) -> 
 
     The reference style (when measured) is a dashed horizontal line. The title names the device and model.
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise RuntimeError("--plot needs matplotlib: pip install 'dift-fast[viz]'") from None
+    from ..extras import require_extra
+
+    require_extra("viz", "bench --plot")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     from ..viz import _save
 
     if not reports:

@@ -1,8 +1,8 @@
-"""The benchmark report: its JSON form (schema ``dift-fast-bench/1``), the terminal table, and the stability check.
+"""The benchmark report: its JSON form (schema ``dift-fast-bench/2``), the terminal table, and the stability check.
 
 JSON schema (one object; times in seconds, memory in bytes, FLOPs with a multiply-add counted as 2)::
 
-    schema        "dift-fast-bench/1"
+    schema        "dift-fast-bench/2" (version 1 named per_image_s image_s and had SD-only cost names)
     created       UTC time, ISO 8601
     machine       cpu, cores, memory_gb, platform, gpu, gpu_memory_gb, gpu_count, driver, python, torch, cuda,
                   cudnn, onnxruntime, tensorrt, dift_fast, torch_threads, load_average (1, 5, 15 min, before the run)
@@ -12,9 +12,10 @@ JSON schema (one object; times in seconds, memory in bytes, FLOPs with a multipl
     settings      every setting of the run (BenchSettings)
     config        the DiftConfig of the engine (batch_size, backend and dtype vary per record)
     baseline      description of the reference style, or null when it did not run
-    costs         vae_flops_per_image, unet_flops_per_member, text_encoder_flops_per_prompt,
-                  engine_flops_per_image (VAE once + E UNet passes), reference_flops_per_image (E x (VAE + UNet)
-                  + the prompt), truncated_unet_parameters, vae_encoder_parameters
+    costs         backbone ("sd", "adm", "cleandift"), encoder_flops_per_image (SD's VAE; 0 without an encoder),
+                  network_flops_per_member (the truncated network), engine_flops_per_image (encoder once + E network
+                  passes), reference_flops_per_image (E x (encoder + network)), network_parameters,
+                  encoder_parameters, text_encoder_parameters (null: none); the text encoder's FLOPs are not counted
     max_cv        the stability limit on the coefficient of variation of the call times
     stable        every measured record's cv <= max_cv
     records       one per configuration:
@@ -24,7 +25,7 @@ JSON schema (one object; times in seconds, memory in bytes, FLOPs with a multipl
       reason          why it was skipped or failed, else null
     and, when status is "ok":
       call_s          summary of the time per call (batch_size images): p50, p90, p99, mean, min, max, cv, values
-      image_s         the same per image (call_s / batch_size)
+      per_image_s     the same per image (call_s / batch_size)
       images_per_s    batch_size / call_s.p50
       stages_s        per stage (preprocess, encoder, noise, prompt, unet, reduce, copy_to_host): summary of the
                       time per call spent in it (on a GPU: between CUDA events on the stream)
@@ -128,8 +129,8 @@ def format_table(report: dict[str, Any]) -> str:
         f"{','.join(d or 'default' for d in s['dtypes'])}, compile {s['compile']}, batch sizes "
         f"{','.join(map(str, s['batch_sizes']))}, warm-up {s['warmup']}, timed calls {s['iters']}, "
         f"max CV {report['max_cv']}",
-        f"costs     VAE {_flops(costs['vae_flops_per_image'])} per image, UNet {_flops(costs['unet_flops_per_member'])}"
-        f" per member; dift-fast {_flops(costs['engine_flops_per_image'])} per image, reference style "
+        f"costs     encoder {_flops(costs['encoder_flops_per_image'])} per image, network "
+        f"{_flops(costs['network_flops_per_member'])} per member; dift-fast {_flops(costs['engine_flops_per_image'])} per image, reference style "
         f"{_flops(costs['reference_flops_per_image'])}",
     ]
     if report["device"] == "cpu":
@@ -154,7 +155,7 @@ def format_table(report: dict[str, Any]) -> str:
         peak_mib, extra_mib = mem["peak_bytes"] / 2**20, (mem["peak_bytes"] - mem["before_bytes"]) / 2**20
         lines.append(
             f"| {_label(r)} | {r['batch_size']} | {_ms(c['p50'])} | {_ms(c['p90'])} | {_ms(c['p99'])} | "
-            f"{_ms(r['image_s']['p50'])} | {r['images_per_s']:.3g} | {peak_mib:,.0f} (+{extra_mib:,.0f}) | "
+            f"{_ms(r['per_image_s']['p50'])} | {r['images_per_s']:.3g} | {peak_mib:,.0f} (+{extra_mib:,.0f}) | "
             f"{_flops(r['achieved_flops_per_s'], 'FLOP/s')} | {share} | {ratio} | {cv}{'' if r['stable'] else ' (noisy)'} |"
         )
     if measured:

@@ -9,7 +9,6 @@ to the timer (see :mod:`dift_fast.bench.timers`). Inputs are random uint8 RGB ar
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import importlib.util
 import logging
@@ -23,35 +22,31 @@ import torch
 
 from ..config import BACKENDS, DTYPES, PRESETS, DiftConfig
 from ..extractor import STAGES, DiftExtractor, resolve_device, resolve_dtype
+from ..loading import DiftComponents, load_components
 from .baseline import ReferenceStyle
 from .environment import gpu_processes, machine
 from .memory import PeakMemory
-from .models import load_bench_components
+from .models import bench_model, random_components
 from .peaks import measured_matmul_flops, peak_flops
 from .stats import MAX_CV, summarize
 from .timers import make_timer
 
-__all__ = ["SCHEMA", "BenchSettings", "compile_supported", "run_benchmark"]
+__all__ = ["SCHEMA", "BenchSettings", "run_benchmark"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = "dift-fast-bench/1"
+SCHEMA = "dift-fast-bench/2"
 BASELINE_DESCRIPTION = "reference style: one image per call, prompt encoded per call, VAE on E copies, fp32"
-
-
-def compile_supported() -> bool:
-    """Whether this version's :class:`DiftConfig` has the ``compile`` option."""
-    return "compile" in {f.name for f in dataclasses.fields(DiftConfig)}
 
 
 @dataclass(frozen=True)
 class BenchSettings:
     """What to benchmark. Exactly one of ``model`` and ``architecture``; ``None`` fields take the preset's value."""
 
-    model: str | None = None  # hub id, local diffusers folder or "tiny-random"
-    architecture: str | None = None  # "sd21" or a folder of component configs (random weights)
+    model: str | None = None  # hub id, local diffusers folder, ADM checkpoint, "tiny-random" or "tiny-random-adm"
+    architecture: str | None = None  # "sd21", "adm256" or a folder of component configs (random weights)
     revision: str | None = None
-    preset: str = "spair"
+    preset: str | None = None  # None: the backbone's default preset (spair for SD, adm-spair for ADM)
     backends: tuple[str, ...] = ("torch",)  # each "backend" (with every dtype) or "backend:dtype" (with that one)
     dtypes: tuple[str | None, ...] = (None,)  # None: the device default (fp32 on CPU, bf16 on CUDA)
     compile: bool = False
@@ -75,7 +70,7 @@ class BenchSettings:
     def __post_init__(self) -> None:
         if (self.model is None) == (self.architecture is None):
             raise ValueError("give exactly one of model (--model) and architecture (--architecture)")
-        if self.preset not in PRESETS:
+        if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"preset {self.preset!r} is unknown; choose one of {', '.join(PRESETS)}")
         pairs = [b.partition(":") for b in self.backends]
         if not pairs or any(b not in BACKENDS or (d and d not in DTYPES) for b, _, d in pairs):
@@ -97,10 +92,6 @@ class BenchSettings:
             raise ValueError(f"threads={self.threads}: must be >= 1")
         if not self.max_cv >= 0:
             raise ValueError(f"max_cv={self.max_cv}: must be >= 0")
-        if self.compile and not compile_supported():
-            raise ValueError(
-                "--compile is not available in this version of dift-fast (DiftConfig has no compile option)"
-            )
 
     def configurations(self) -> list[tuple[str, str | None]]:
         """(backend, dtype) pairs to run, in order: ``backend:dtype`` items as given, others with every dtype."""
@@ -118,15 +109,17 @@ class BenchSettings:
         return data
 
 
-def _base_config(settings: BenchSettings, model_id: str, device: torch.device) -> DiftConfig:
+def _base_config(settings: BenchSettings, model_id: str, preset: str, device: torch.device) -> DiftConfig:
     overrides: dict[str, Any] = {"model": model_id, "device": str(device), **settings.extra_config}
+    if settings.revision is not None:
+        overrides["revision"] = settings.revision
     for name in ("image_size", "ensemble_size", "up_ft_index", "t", "prompt"):
         value = getattr(settings, name)
         if value is not None:
             overrides[name] = value
-    config = DiftConfig.from_preset(settings.preset, **overrides)
+    config = DiftConfig.from_preset(preset, **overrides)
     if config.image_size is None:
-        raise ValueError(f"preset {settings.preset!r} keeps the images' own size; give --image-size for a benchmark")
+        raise ValueError(f"preset {preset!r} keeps the images' own size; give --image-size for a benchmark")
     return config
 
 
@@ -225,6 +218,8 @@ def _time_sites(sites: list[_Site], clock: _Clock, settings: BenchSettings, log:
         for _ in range(settings.warmup):
             if site.error is None:
                 clock.run(site, False, log)
+    if not sites:  # every configuration was skipped: nothing to time
+        return
     for i in range(settings.iters):
         log(f"timed round {i + 1} of {settings.iters}")
         k = i % len(sites)
@@ -248,7 +243,7 @@ def _record(site: _Site, settings: BenchSettings) -> dict[str, Any]:
         "status": "ok",
         "reason": None,
         "call_s": calls.to_dict(),
-        "image_s": calls.scaled(1.0 / batch).to_dict(),
+        "per_image_s": calls.scaled(1.0 / batch).to_dict(),
         "images_per_s": images_per_s,
         "stages_s": {n: summarize([st.get(n, 0.0) for st in site.stages]).to_dict() for n in names},
         "other_s": summarize([c - sum(st.values()) for c, st in zip(site.calls, site.stages)]).to_dict(),
@@ -278,17 +273,19 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] | None = N
     for w in warnings:
         log(f"warning: {w}")
 
-    log("loading the model" if settings.model else f"building {settings.architecture} with random weights")
-    components, label = load_bench_components(
-        settings.model, settings.architecture, _up_ft_index(settings), settings.revision
-    )
-    config = _base_config(settings, components.model_id, device)
-    from ..flops import measure_component_costs
-
-    costs = measure_component_costs(components, config.image_size)
+    model_id, default_preset, random_weights = bench_model(settings.model, settings.architecture)
+    config = _base_config(settings, model_id, settings.preset or default_preset, device)
+    if random_weights:
+        log(f"building {settings.architecture} with random weights")
+        components: DiftComponents = random_components(config)
+        label = f"{settings.architecture} (architecture, random weights)"
+    else:
+        log("loading the model")
+        components, label = load_components(config), str(settings.model)
+    costs = components.backbone.costs(config.image_size, config.up_ft_index)
     E = config.ensemble_size
-    engine_flops = costs.per_image(E)
-    reference_flops = costs.reference_per_image(E) + (costs.text_encoder_flops or 0)
+    engine_flops = costs.per_image(E)  # the encoder once + E network passes (the text encoder is not counted)
+    reference_flops = costs.reference_per_image(E)  # the encoder and the network on every member
     inputs = _inputs(config, max(settings.batch_sizes), settings.seed)
     clock = _Clock(device)
     peaks = _PeakTable(device, env)
@@ -301,7 +298,6 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] | None = N
         reference.stage_recorder = clock.timer
         sites.append(_Site(base, _reference_call(reference, inputs, clock), reference_flops, peaks.get("fp32")))
 
-    copies: dict[str, Any] = {}
     seen: set[tuple[str, str]] = set()
     for backend, dtype_name in settings.configurations():
         dtype = _dtype_name(resolve_dtype(dtype_name, device))
@@ -312,9 +308,7 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] | None = N
         if settings.compile:
             run_config = run_config.replace(compile=True)
         base = {"kind": "engine", "backend": backend, "dtype": dtype, "compile": settings.compile}
-        extractor, reason = _build_extractor(
-            _components_for(components, backend, dtype, copies), run_config, settings, device, log
-        )
+        extractor, reason = _build_extractor(components, run_config, settings, device, log)
         if extractor is None:
             log(f"skipping {backend} {dtype}: {reason}")
             skipped.append(_failed({**base, "batch_size": None}, "skipped", reason))
@@ -342,13 +336,14 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] | None = N
         "config": config.to_dict(),
         "baseline": BASELINE_DESCRIPTION if settings.baseline else None,
         "costs": {
-            "vae_flops_per_image": costs.vae_flops,
-            "unet_flops_per_member": costs.unet_flops,
-            "text_encoder_flops_per_prompt": costs.text_encoder_flops,
+            "backbone": components.backbone.name,
+            "encoder_flops_per_image": costs.encoder_flops,
+            "network_flops_per_member": costs.network_flops,
             "engine_flops_per_image": engine_flops,
             "reference_flops_per_image": reference_flops,
-            "truncated_unet_parameters": costs.unet_parameters,
-            "vae_encoder_parameters": costs.vae_encoder_parameters,
+            "network_parameters": costs.network_parameters,
+            "encoder_parameters": costs.encoder_parameters,
+            "text_encoder_parameters": costs.text_encoder_parameters,
         },
         "max_cv": settings.max_cv,
         "stable": bool(measured) and all(r["stable"] for r in measured),
@@ -374,18 +369,6 @@ def _engine_call(
     return call
 
 
-def _components_for(components: Any, backend: str, dtype: str, copies: dict[str, Any]) -> Any:
-    """The networks a configuration may use: the torch backend casts them in place, so each other dtype gets a copy
-    (the fp32 originals stay for the baseline and the fp32 configurations)."""
-    if backend != "torch" or dtype == "fp32":
-        return components
-    if dtype not in copies:
-        copies[dtype] = dataclasses.replace(
-            components, unet=copy.deepcopy(components.unet), vae=copy.deepcopy(components.vae)
-        )
-    return copies[dtype]
-
-
 def _build_extractor(
     components: Any, config: DiftConfig, settings: BenchSettings, device: torch.device, log: Callable[[str], None]
 ) -> tuple[DiftExtractor | None, str]:
@@ -395,20 +378,16 @@ def _build_extractor(
         return None, reason
     options: dict[str, Any] = {}
     if config.backend != "torch":
-        options = {k: v for k, v in (("engine_dir", settings.engine_dir), ("no_build", settings.no_build)) if v}
+        options = {"export_dir": settings.engine_dir, "no_build": settings.no_build}
     if config.backend == "onnxruntime" and settings.threads is not None:
         options["intra_op_threads"] = settings.threads  # the same CPU threads as torch gets
+    if config.backend == "tensorrt":
+        options["max_batch"] = max(settings.batch_sizes)  # one engine profile serves every batch size
     log(f"building the extractor ({config.backend}, {config.dtype})")
     try:
-        return DiftExtractor(components, config, **options), ""
+        return DiftExtractor(components, config, options or None), ""
     except Exception as err:  # a configuration that cannot be built here is skipped, with the reason
         return None, f"{type(err).__name__}: {err}"
-
-
-def _up_ft_index(settings: BenchSettings) -> int:
-    if settings.up_ft_index is not None:
-        return settings.up_ft_index
-    return PRESETS[settings.preset].get("up_ft_index", DiftConfig.up_ft_index)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -7,8 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from ..architectures import ARCHITECTURES
 from ..config import BACKENDS, DEFAULT_MODEL, DTYPES, PRESETS
-from .common import parse_size
+from .common import Need, declare_needs, parse_size
 
 DESCRIPTION = """\
 Measure the engine on this machine: per batch size, the latency per call and per image (p50/p90/p99 over --iters
@@ -17,8 +18,8 @@ host; CUDA events on a GPU, perf_counter on the CPU, one synchronisation per cal
 (on a GPU also as a share of the device's peak). --baseline also runs the reference style of DIFT (one image per
 call, VAE on E copies, prompt encoded per call, fp32) in the same run and reports the speed-up.
 
---architecture sd21 builds SD 2.1 from the packaged configs with random weights: nothing is downloaded, and the
-timings are those of the real model. The run is not reported when the call times vary by more than --max-cv
+--architecture sd21 (or adm256) builds SD 2.1 (or DIFT_adm) from the packaged configs with random weights: nothing
+is downloaded, and the timings are those of the real model. The run is not reported when the call times vary by more than --max-cv
 (coefficient of variation) unless --allow-noisy."""
 
 EPILOG = """\
@@ -39,20 +40,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     what = p.add_argument_group("what to run").add_mutually_exclusive_group()
     what.add_argument(
-        "--model", default=None, help=f"hub id, local diffusers folder or tiny-random (default {DEFAULT_MODEL})"
+        "--model",
+        default=None,
+        help=f"hub id, local diffusers folder, ADM checkpoint, tiny-random or tiny-random-adm (default {DEFAULT_MODEL})",
     )
     what.add_argument(
         "--architecture",
         default=None,
         metavar="NAME|DIR",
-        help="sd21, or a folder of SD 2.x component configs: build the networks with random weights (no download)",
+        help=f"{' or '.join(ARCHITECTURES)} (packaged), or a folder of SD 2.x component configs or of an ADM config.json: "
+        "build the networks with random weights (no download)",
     )
     g = p.add_argument_group("configuration")
     g.add_argument("--revision", default=None, help="hub revision of --model")
-    g.add_argument("--preset", default="spair", choices=sorted(PRESETS), help="named settings (default spair)")
+    g.add_argument(
+        "--preset",
+        default=None,
+        choices=sorted(PRESETS),
+        help="named settings (default: the backbone's, spair for SD, adm-spair for ADM)",
+    )
     g.add_argument("--image-size", default=None, help="WxH, e.g. 768x768 (preset's by default)")
     g.add_argument("--ensemble-size", type=int, default=None, help="E, noise draws per image (preset's by default)")
-    g.add_argument("--up-ft-index", type=int, default=None, help="UNet up block 0..3 (preset's by default)")
+    g.add_argument("--up-ft-index", type=int, default=None, help="feature block (preset's by default)")
     g.add_argument("--t", type=int, default=None, help="diffusion timestep (preset's by default)")
     g.add_argument("--prompt", default=None, help="text prompt (preset's by default: empty)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
@@ -68,7 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"comma-separated, each one of {', '.join(DTYPES)} (default fp32 on CPU, bf16 on CUDA)",
     )
     g.add_argument("--threads", type=int, default=None, help="CPU threads of torch and onnxruntime (default: theirs)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the networks (where this version has it)")
+    g.add_argument(
+        "--compile", action="store_true", help="torch backend: torch.compile the networks (DiftConfig.compile)"
+    )
     g.add_argument(
         "--engine", default=None, metavar="DIR", help="onnxruntime/tensorrt: export folder (dift-fast export)"
     )
@@ -98,6 +109,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run nothing: draw --plot from reports written by --out (one line per backend/precision)",
     )
     p.set_defaults(func=run)
+    declare_needs(p, needs, backend=False)  # --backend is a list here: needs() reads it
+
+
+def needs(args: argparse.Namespace) -> list[Need]:
+    """The optional packages the options ask for: matplotlib for --plot, onnxruntime for an onnxruntime backend."""
+    out: list[Need] = []
+    if args.plot:
+        out.append(("viz", "bench --plot (images/s and latency against batch size)", None))
+    if not args.replot and any(item.strip().partition(":")[0] == "onnxruntime" for item in args.backend.split(",")):
+        out.append(("onnx", "bench --backend onnxruntime", ("onnxruntime", "onnx")))
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -158,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _replot(args: argparse.Namespace) -> int:
     from ..bench import SCHEMA
-    from ..bench.plot import plot_reports
+    from ..bench.plot import PLOTTABLE_SCHEMAS, plot_reports
 
     if not args.plot:
         raise ValueError("--replot needs --plot FILE.png")
@@ -168,7 +190,7 @@ def _replot(args: argparse.Namespace) -> int:
             report = json.loads(Path(name).read_text())
         except (OSError, ValueError) as err:
             raise ValueError(f"--replot {name}: cannot read a JSON report: {err}") from None
-        if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+        if not isinstance(report, dict) or report.get("schema") not in PLOTTABLE_SCHEMAS:
             raise ValueError(f"--replot {name}: not a dift-fast bench report (schema {SCHEMA}); write one with --out")
         reports.append(report)
     print(f"wrote {plot_reports(reports, args.plot)}")
