@@ -145,16 +145,18 @@ class TrtBackend:
 
 def _config_geometry(config: Any, manifest: dict[str, Any]) -> tuple[int, int, tuple[int, int] | None]:
     """(batch size, ensemble size, latent (h, w) or None) of the extractor's config; DiftConfig's defaults without."""
-    if config is None:
-        from dift_fast.config import DiftConfig
+    from dift_fast.config import AUTO_BATCH, DiftConfig
 
-        config = DiftConfig()  # batch 1, E = 8, 768x768: what an extractor with no overrides runs
-        logger.info("no extractor config given: TensorRT profiles assume batch %d, E = %d, %s", config.batch_size,
+    if config is None:
+        config = DiftConfig()  # E = 8, 768x768, batch "auto" (1 here): what an extractor with no overrides runs
+        logger.info("no extractor config given: TensorRT profiles assume batch 1, E = %d, %s",
                     config.ensemble_size, config.image_size)
     f = downsample_factor(manifest)
     size = config.image_size
     latent = (int(size[1]) // f, int(size[0]) // f) if size is not None else None
-    return int(config.batch_size), int(config.ensemble_size), latent
+    # batch_size "auto" is 1 on the accelerated backends (DiftExtractor resolves it so before building the backend)
+    batch = 1 if config.batch_size == AUTO_BATCH else int(config.batch_size)
+    return batch, int(config.ensemble_size), latent
 
 
 def profiles_for(manifest: dict[str, Any], opts: TrtOptions, config: Any = None) -> dict[str, Profile]:

@@ -29,7 +29,7 @@ class HomographyCodedExtractor:
 
     def __init__(self, channels: int = 256, stride: int = 8, length: float = 24.0, seed: int = 0,
                  image_size: tuple[int, int] | None = None) -> None:
-        self.config = DiftConfig(model="homography-coded", image_size=image_size, ensemble_size=1, device="cpu")
+        self.config = DiftConfig(model="homography-coded", image_size=image_size, ensemble_size=1, device="cpu", batch_size=1)
         self.device = torch.device("cpu")
         self.is_tiny = False
         self.stride = stride

@@ -167,7 +167,7 @@ def test_from_pretrained_picks_the_adm_preset_for_a_checkpoint(adm_components):
     assert ext.is_tiny and ext.feature_shape() == (64, 6, 4)
     with pytest.raises(ModelLoadError, match=r"SD default model; DIFT_adm needs guided-diffusion's checkpoint"):
         DiftExtractor.from_pretrained(preset="adm-spair", image_size=ADM_SIZE)
-    with pytest.raises(ModelLoadError, match=r"does not exist; download 256x256_diffusion_uncond\.pt from https://"):
+    with pytest.raises(ModelLoadError, match=r"does not exist\. Download it once .*256x256_diffusion_uncond\.pt https://"):
         DiftExtractor.from_pretrained("missing/256x256_diffusion_uncond.pt", image_size=ADM_SIZE)
 
 

@@ -15,13 +15,7 @@ from dift_fast.extractor import GridFeatureBatch, NonFiniteFeaturesError
 from dift_fast.loading import load_components
 from dift_fast.tiny import tiny_cleandift_weights
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

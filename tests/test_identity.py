@@ -27,12 +27,7 @@ from dift_fast.store import FeatureStore, StoreConfigError, StoreJob, extract_to
 TINY = ["--ensemble-size", "2", "--image-size", "64x48", "--device", "cpu", "--no-progress"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -70,9 +70,12 @@ def check_map(feat: torch.Tensor, name: str) -> torch.Tensor:
     return feat
 
 
-def map_and_size(feat: object, size: Sequence[int] | None, name: str) -> tuple[torch.Tensor, tuple[int, int]]:
+def map_and_size(
+    feat: object, size: Sequence[int] | None, name: str, size_name: str
+) -> tuple[torch.Tensor, tuple[int, int]]:
     """A feature map and its image's (width, height): from an ``ImageFeatures`` (its map and ``original_size``,
-    :mod:`dift_fast.pair`; ``size`` may be omitted), or from a tensor ``[C, h, w]`` and ``size``.
+    :mod:`dift_fast.pair`; ``size`` may be omitted), or from a tensor ``[C, h, w]`` and ``size``. ``name`` and
+    ``size_name`` are the caller's argument names, used in the messages.
 
     Raises:
         TypeError: a tensor without its size.
@@ -80,14 +83,14 @@ def map_and_size(feat: object, size: Sequence[int] | None, name: str) -> tuple[t
     """
     if hasattr(feat, "features") and hasattr(feat, "original_size"):  # ImageFeatures, without importing it
         own = check_size(feat.original_size, f"{name}.original_size")
-        if size is not None and check_size(size, name + " size") != own:
+        if size is not None and check_size(size, size_name) != own:
             raise ValueError(f"{name} is an ImageFeatures of a {own[0]}x{own[1]} image, but a size {tuple(size)} "
                              "was given too; leave the size out")
         return check_map(feat.features, f"{name}.features"), own
     if size is None:
         raise TypeError(f"{name} is a tensor: give its image's size (width, height) too, or pass an ImageFeatures "
                         "(dift_fast.extract_features / FeatureBatch[i]), which carries it")
-    return check_map(feat, name), check_size(size, name + " size")
+    return check_map(feat, name), check_size(size, size_name)
 
 
 def check_size(size: Sequence[int], name: str) -> tuple[int, int]:

@@ -187,8 +187,8 @@ def _prepare_pair(
     src_size: tuple[int, int] | None,
     tgt_size: tuple[int, int] | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int], tuple[int, int]]:
-    src_feat, src_size = map_and_size(src_feat, src_size, "src_feat")
-    tgt_feat, tgt_size = map_and_size(tgt_feat, tgt_size, "tgt_feat")
+    src_feat, src_size = map_and_size(src_feat, src_size, "src_feat", "src_size")
+    tgt_feat, tgt_size = map_and_size(tgt_feat, tgt_size, "tgt_feat", "tgt_size")
     if src_feat.shape[0] != tgt_feat.shape[0]:
         raise ValueError(
             f"feature dimensions differ: src_feat has {src_feat.shape[0]} channels, tgt_feat {tgt_feat.shape[0]}; "

@@ -29,7 +29,7 @@ import torch
 
 from ..atomic import write_atomic
 from ..grid import Cell, cell_label, cell_name
-from .store import FeatureStore, StoreConfigError, StoreError, _left_by_creation, _raise_if_full, _take_lock
+from .store import FeatureStore, StoreConfigError, StoreError, _raise_if_full, _take_lock, refuse_foreign_folder
 
 __all__ = ["GRID_FORMAT", "StoreGrid", "is_store_grid"]
 
@@ -121,7 +121,7 @@ class StoreGrid:
         if not exists:
             if must_exist:
                 raise StoreError(f"--resume: {root} is not an existing store grid; drop --resume to create it")
-            _refuse_foreign_folder(root)
+            refuse_foreign_folder(root, "a store grid")
         root.mkdir(parents=True, exist_ok=True)
         lock_fd = _take_lock(root)
         opened: dict[Cell, FeatureStore] = {}
@@ -297,15 +297,3 @@ def _read_meta(root: Path) -> dict[str, Any]:
     ):
         raise StoreError(f"{path} is not a valid store grid description (format {GRID_FORMAT}); it was not changed")
     return meta
-
-
-def _refuse_foreign_folder(root: Path) -> None:
-    if not root.is_dir():
-        return
-    foreign = sorted(p.name for p in root.iterdir() if not _left_by_creation(p))
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise StoreError(
-            f"{root} exists, is not empty ({shown}) and is not a store grid; nothing was written or deleted there. "
-            "Choose another --out"
-        )

@@ -170,7 +170,7 @@ class FeatureStore:
         if not (root / "store.json").is_file():
             if must_exist:
                 raise StoreError(f"--resume: {root} is not an existing feature store; drop --resume to create it")
-            cls._refuse_foreign_folder(root)
+            refuse_foreign_folder(root, "a feature store", " (--overwrite only replaces a feature store)")
         created_root = not root.exists()
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -197,7 +197,7 @@ class FeatureStore:
             elif must_exist:
                 raise StoreError(f"--resume: {root} is not an existing feature store; drop --resume to create it")
             else:
-                cls._refuse_foreign_folder(root)
+                refuse_foreign_folder(root, "a feature store", " (--overwrite only replaces a feature store)")
             meta = {"format": FORMAT, "identity": identity, "config": config or {}, "created": time.time(),
                     **(extra or {})}
             try:
@@ -212,19 +212,6 @@ class FeatureStore:
         store = cls(root, meta)
         store._lock_fd = lock_fd
         return store
-
-    @staticmethod
-    def _refuse_foreign_folder(root: Path) -> None:
-        """Refuse to create a store in a folder holding anything but what a failed creation leaves behind."""
-        if not root.is_dir():
-            return
-        foreign = sorted(p.name for p in root.iterdir() if not _left_by_creation(p))
-        if foreign:
-            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-            raise StoreError(
-                f"{root} exists, is not empty ({shown}) and is not a feature store; nothing was written or deleted "
-                "there. Choose another --out (--overwrite only replaces a feature store)"
-            )
 
     def delete_contents(self) -> None:
         """Remove everything a store holds (used by ``--overwrite``, under the writer lock); other files stay."""
@@ -446,6 +433,20 @@ class FeatureStore:
         if self.pca is not None:
             out["pca_explained_variance"] = float(self.pca.explained_variance_ratio.sum())
         return out
+
+
+def refuse_foreign_folder(root: Path, kind: str, hint: str = "") -> None:
+    """Refuse to create ``kind`` (a store, a grid) in a folder holding anything but what a failed creation leaves
+    behind: nothing the user owns is written over or deleted."""
+    if not root.is_dir():
+        return
+    foreign = sorted(p.name for p in root.iterdir() if not _left_by_creation(p))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise StoreError(
+            f"{root} exists, is not empty ({shown}) and is not {kind}; nothing was written or deleted there. "
+            f"Choose another --out{hint}"
+        )
 
 
 def _left_by_creation(path: Path) -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from test_eval_jhmdb import jhmdb_root  # noqa: F401 (a fixture)
 
 from dift_fast.cli import main
@@ -15,12 +14,7 @@ from dift_fast.eval.propagation import PropagationParams
 ADM = ["--model", "tiny-random-adm", "--ensemble-size", "1", "--device", "cpu", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def _report(out, bench):

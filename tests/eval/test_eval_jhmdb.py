@@ -85,7 +85,7 @@ class PatchCodedExtractor:
     """
 
     def __init__(self) -> None:
-        self.config = DiftConfig(model="patch-coded", image_size=None, ensemble_size=1, device="cpu", t=51,
+        self.config = DiftConfig(model="patch-coded", image_size=None, ensemble_size=1, device="cpu", batch_size=1, t=51,
                                  up_ft_index=2)
         self.device = torch.device("cpu")
         self.is_tiny = False

@@ -79,7 +79,7 @@ class PatchCodedExtractor:
     its features exactly, so point transfer between two crops of one texture recovers their offset."""
 
     def __init__(self) -> None:
-        self.config = DiftConfig(model="patch-coded", image_size=None, ensemble_size=1, device="cpu")
+        self.config = DiftConfig(model="patch-coded", image_size=None, ensemble_size=1, device="cpu", batch_size=1)
         self.device = torch.device("cpu")
         self.is_tiny = False
 
@@ -200,7 +200,7 @@ class PositionCodedExtractor:
     """A stand-in extractor whose features identify each stride-8 cell (the same in every frame)."""
 
     def __init__(self, channels: int = 64, stride: int = 8, same_every_frame: bool = True) -> None:
-        self.config = DiftConfig(model="position-coded", image_size=None, ensemble_size=1, device="cpu", t=51,
+        self.config = DiftConfig(model="position-coded", image_size=None, ensemble_size=1, device="cpu", batch_size=1, t=51,
                                  up_ft_index=2)
         self.device = torch.device("cpu")
         self.is_tiny = False

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from dift_fast.cli import main
 from dift_fast.eval.sweep import SweepResult, to_markdown
@@ -16,12 +15,7 @@ from dift_fast.extractor import DiftExtractor
 SYNTH = ["synthetic-homography", "--limit", "2", "--ensemble-size", "1", "--device", "cpu", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture
