@@ -33,12 +33,8 @@ ROUNDING_S = 1e-9
 TINY = {"image_size": (64, 48), "ensemble_size": 2, "device": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on the shared 2-core machine make the timings noisy, not the test wrong
-    yield
-    torch.set_num_threads(before)
+# two threads on the shared 2-core machine make the timings noisy, not the tests wrong
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
