@@ -1,21 +1,20 @@
 """Store throughput: images/s of ``extract ROOT --out STORE`` for 0 (sequential), 1 and N decode workers.
 
 CPU (default): the tiny random model, JPEGs of --photo-size decoded and resized to --image-size, fp16 store.
-GPU (--device cuda, not run yet): the real SD 2.1 architecture with random weights (--configs shared/sd21),
+GPU (--device cuda, not run yet): the real SD 2.1 architecture with random weights
+(--configs dift_fast/architectures/sd21),
 768², E = 8: overlapped (decode workers) vs sequential (0 workers).
 
     python benchmarks/bench_store.py                      # CPU, writes results/store-cpu.json + RESULTS.md section
-    python benchmarks/bench_store.py --device cuda --configs /work/shared/sd21 --image-size 768x768 --ensemble-size 8
+    python benchmarks/bench_store.py --device cuda --configs dift_fast/architectures/sd21 --image-size 768x768 --ensemble-size 8
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,18 +23,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dift_fast.bench.environment import cpu_name
+
 HERE = Path(__file__).parent
 SECTION = "## Batch extraction (issue 7)"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def make_photos(folder: Path, n: int, size: tuple[int, int]) -> None:
@@ -52,12 +43,11 @@ def build_extractor(args: argparse.Namespace):
 
     w, h = (int(v) for v in args.image_size.split("x"))
     overrides = {"ensemble_size": args.ensemble_size, "image_size": (w, h), "device": args.device}
-    if args.configs:  # the real SD 2.1 architecture with random weights, as bench_engine.py builds it
-        sys.path.insert(0, str(HERE))
-        from bench_engine import build_components
+    if args.configs:  # the real SD 2.1 architecture with random weights, as `dift-fast bench --architecture` builds it
+        from dift_fast.bench.models import random_components
 
-        comps, _ = build_components(Path(args.configs), 1)
-        return DiftExtractor(comps, DiftConfig.from_preset("spair", model=str(Path(args.configs)), **overrides))
+        config = DiftConfig.from_preset("spair", model=str(Path(args.configs)), **overrides)
+        return DiftExtractor(random_components(config), config)
     from dift_fast.tiny import build_tiny_pipeline
 
     folder = build_tiny_pipeline(Path(tempfile.mkdtemp()) / "tiny")

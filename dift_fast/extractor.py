@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -25,9 +25,51 @@ from .loading import DiftComponents, load_components
 from .prompts import encode_prompt
 from .transfer import to_device
 
-__all__ = ["DiftExtractor", "FeatureBatch", "GridFeatureBatch", "NonFiniteFeaturesError", "check_components_fit"]
+__all__ = [
+    "STAGES",
+    "DiftExtractor",
+    "FeatureBatch",
+    "GridFeatureBatch",
+    "NonFiniteFeaturesError",
+    "StageRecorder",
+    "check_components_fit",
+]
 
 logger = logging.getLogger(__name__)
+
+
+# The stages of an extraction, in order. `copy_to_host` is the caller's: the extractor returns device tensors.
+STAGES = ("preprocess", "encoder", "noise", "prompt", "unet", "reduce", "copy_to_host")
+
+
+class StageRecorder(Protocol):
+    """Told where each stage of an extraction starts and ends (``dift_fast.bench`` times them).
+
+    The extractor calls ``begin(name)`` at each stage boundary (``name`` from :data:`STAGES`; a stage recurs once
+    per micro-batch and, in a grid, once per timestep) and ``end()`` after the last. A recorder must not
+    synchronise the device.
+    """
+
+    def begin(self, name: str) -> None:
+        """End the running stage, if any, and start stage ``name``."""
+        ...
+
+    def end(self) -> None:
+        """End the running stage, if any."""
+        ...
+
+
+class _NoStages:
+    """The default recorder: records nothing."""
+
+    def begin(self, name: str) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+NO_STAGES: StageRecorder = _NoStages()
 
 
 class NonFiniteFeaturesError(FloatingPointError):
@@ -183,6 +225,10 @@ class DiftExtractor:
             runs copies placed on the device in the compute dtype.
         config: the settings.
         backend_options: the backend's options (:mod:`dift_fast.backend_options`), or the same as a dict.
+
+    Attributes:
+        stage_recorder: the :class:`StageRecorder` told where each stage starts and ends (``dift-fast bench``
+            sets one); the default records nothing.
     """
 
     def __init__(
@@ -211,6 +257,7 @@ class DiftExtractor:
         self.text_encoder = (placed_copy(components.text_encoder, self.device)
                              if components.text_encoder is not None else None)
         self._prompt_cache: dict[str, torch.Tensor] = {}
+        self.stage_recorder: StageRecorder = NO_STAGES
         if config.batch_size == AUTO_BATCH:  # the number "auto" means here (dift_fast.batch_size)
             self.config = config = config.replace(batch_size=self._auto_batch_size())
         # On the CPU, run the networks image by image so results never depend on the batch (see _per_image).
@@ -329,8 +376,11 @@ class DiftExtractor:
             keep_dtype: return the compute dtype instead of float32.
             progress: show a progress bar over micro-batches.
         """
+        self.stage_recorder.begin("preprocess")
+        prepared = self.prepare(images)
+        self.stage_recorder.end()
         return self.extract_prepared(
-            self.prepare(images), prompt, noise=noise, image_keys=image_keys, keep_dtype=keep_dtype, progress=progress
+            prepared, prompt, noise=noise, image_keys=image_keys, keep_dtype=keep_dtype, progress=progress
         ).features
 
     def extract_prepared(
@@ -388,8 +438,11 @@ class DiftExtractor:
         Returns:
             ``{(t, k): [B, C_k, h_k, w_k]}`` for every t and k.
         """
+        self.stage_recorder.begin("preprocess")
+        prepared = self.prepare(images)
+        self.stage_recorder.end()
         return self.extract_grid_prepared(
-            self.prepare(images), timesteps, blocks, prompt, noise=noise, image_keys=image_keys,
+            prepared, timesteps, blocks, prompt, noise=noise, image_keys=image_keys,
             keep_dtype=keep_dtype, progress=progress,
         ).features
 
@@ -514,17 +567,22 @@ class DiftExtractor:
             chunks = tqdm(chunks, total=-(-n // bs), desc=desc, unit="batch")
         out: dict[tuple[int, int], list[torch.Tensor]] = {(t, k): [] for t, ks in plan.items() for k in ks}
         non_finite = _NonFiniteFlags()
+        stages = self.stage_recorder  # no-op unless a benchmark times the stages; it never waits for the device
         for start in chunks:
             stop = min(start + bs, n)
+            stages.begin("preprocess")
             pixels = torch.stack([p.pixels for p in prepared[start:stop]])
+            stages.begin("encoder")
             if has_encoder:
                 mean, std = self._per_image(self.backend.encode, 1, pixels)
             else:  # pixel space: the image is the diffusion-space sample
                 mean, std = pixels.to(self.device, torch.float32), None
+            stages.begin("noise")
             eps = None
             if noise is not None:
                 # through pinned memory, queued without a host wait (dift_fast.transfer)
                 eps = tuple(to_device(x[start:stop], mean.device).float() if x is not None else None for x in noise)
+            stages.begin("prompt")
             context = None
             if self.text_encoder is not None:
                 context = torch.stack([self.encode_prompt(p) for p in prompts[start:stop]])
@@ -533,12 +591,16 @@ class DiftExtractor:
             for t, blocks in plan.items():
                 if coefficients[t] != latents_at:  # the same coefficients (a schedule without noise): the same x_t
                     latents_at = coefficients[t]
+                    stages.begin("noise")
                     latents = self._latents(mean, std, keys[start:stop], eps, *latents_at)
+                stages.begin("unet")
                 feats = self._network(latents, t, context, blocks)
+                stages.begin("reduce")
                 for k in blocks:
                     reduced = ops.ensemble_reduce(feats.pop(k), E)
                     non_finite.add(start, reduced, (t, k))  # on the device: no host wait between micro-batches
                     out[(t, k)].append(reduced.to(self.dtype) if keep_dtype else reduced)
+        stages.begin("reduce")
         batch = GridFeatureBatch(
             features={cell: torch.cat(parts) for cell, parts in out.items()},
             names=[p.name for p in prepared],
@@ -546,6 +608,7 @@ class DiftExtractor:
             image_keys=keys,
         )
         bad = non_finite.bad_indices(n)  # the call's one host read
+        stages.end()
         if bad:
             self._raise_non_finite(batch, bad, non_finite.cells_hit() if len(out) > 1 else [])
         return batch

@@ -8,7 +8,7 @@ import logging
 import sys
 
 # Subcommand modules in dift_fast.cli, in the order `dift-fast --help` lists them.
-SUBCOMMANDS = ("extract", "match", "match_pairs", "edit", "index", "store", "info", "eval", "sweep", "export")
+SUBCOMMANDS = ("extract", "match", "match_pairs", "edit", "index", "store", "info", "eval", "sweep", "export", "bench")
 
 EPILOG = """examples:
   dift-fast info --model tiny-random                 # offline smoke test of the install
