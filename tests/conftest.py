@@ -91,6 +91,18 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def one_faiss_thread():
+    """One faiss OpenMP thread for a module: faiss' threads spin-wait, and on a busy 2-core box one thread is
+    10-50x faster at the tests' sizes."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _seed_torch():
     torch.manual_seed(0)

@@ -14,16 +14,7 @@ from dift_fast.faiss_utils import faiss_gpu_count
 from dift_fast.index import FeatureIndex, find_points, pooled_descriptors
 from dift_fast.matching import match_points
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_faiss_thread():
-    """faiss' OpenMP threads spin-wait: on a busy 2-core CI box one thread is 10-50x faster for these sizes."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")  # conftest.py
 
 
 def clustered(n: int, dim: int, clusters: int, seed: int, spread: float = 0.4) -> torch.Tensor:

@@ -20,14 +20,7 @@ from dift_fast.matching import match_points
 TINY = ["--ensemble-size", "1", "--image-size", "64x48", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_faiss_thread():
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")  # conftest.py
 
 
 def near_ties(n_groups: int = 4, copies: int = 6, dim: int = 16) -> torch.Tensor:
