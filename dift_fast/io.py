@@ -50,6 +50,25 @@ class FeatureFile:
         )
 
 
+def _batch_meta(
+    fmt: str,
+    names: list[str],
+    original_sizes: list[tuple[int, int]],
+    config: DiftConfig,
+    image_keys: list[int],
+    extra: dict[str, Any] | None,
+) -> dict[str, str]:
+    """The metadata every feature file holds: format, names, original sizes, config, noise keys, extra."""
+    return {
+        "format": fmt,
+        "names": json.dumps(names),
+        "original_sizes": json.dumps([list(s) for s in original_sizes]),
+        "config": config.to_json(),
+        "image_keys": json.dumps([str(k) for k in image_keys]),
+        "extra": json.dumps(extra or {}),
+    }
+
+
 def save_features(
     path: str | os.PathLike,
     features: torch.Tensor,
@@ -66,14 +85,7 @@ def save_features(
     whoever reads the file (``dift-fast index``) can tell which features it may be combined with.
     """
     path = Path(path)
-    meta = {
-        "format": FORMAT,
-        "names": json.dumps(names),
-        "original_sizes": json.dumps([list(s) for s in original_sizes]),
-        "config": config.to_json(),
-        "image_keys": json.dumps([str(k) for k in image_keys]),
-        "extra": json.dumps(extra or {}),
-    }
+    meta = _batch_meta(FORMAT, names, original_sizes, config, image_keys, extra)
     if identity is not None:
         meta["identity"] = json.dumps(identity, sort_keys=True)
     return _write(path, {"features": features}, meta)
@@ -100,15 +112,8 @@ def save_feature_grid(
         raise ValueError(f"identities are given for cells {sorted(identities)}, features for {sorted(features)}")
     cells = [{"t": int(t), "block": int(k), "tensor": f"features/{cell_name(t, k)}", "identity": identities[(t, k)]}
              for t, k in features]
-    meta = {
-        "format": GRID_FORMAT,
-        "names": json.dumps(names),
-        "original_sizes": json.dumps([list(s) for s in original_sizes]),
-        "config": config.to_json(),
-        "image_keys": json.dumps([str(k) for k in image_keys]),
-        "extra": json.dumps(extra or {}),
-        "cells": json.dumps(cells, sort_keys=True),
-    }
+    meta = _batch_meta(GRID_FORMAT, names, original_sizes, config, image_keys, extra)
+    meta["cells"] = json.dumps(cells, sort_keys=True)
     return _write(path, {c["tensor"]: features[(c["t"], c["block"])] for c in cells}, meta)
 
 
