@@ -273,6 +273,16 @@ def _score_text(canvas: _Canvas, sc: np.ndarray | None, style: _Style, what: str
     )
 
 
+def _finish(canvas: Any, mappable: Any, watermark: str | bool | None, out_path: str | os.PathLike | None) -> Any:
+    """The score colour bar (when points are coloured by score), the watermark, the PNG; returns the Figure."""
+    if mappable is not None:
+        canvas.colorbar(mappable, "score")
+    _stamp(canvas.fig, watermark)
+    if out_path is not None:
+        _save(canvas.fig, out_path)
+    return canvas.fig
+
+
 def plot_matches(
     img0: ImageLike,
     img1: ImageLike,
@@ -361,12 +371,7 @@ def plot_matches(
     _draw_points(canvas, p0, colours, style)
     _draw_points(canvas, p1, colours, style, dx=w0 + gap)
     _score_text(canvas, sc, style, "matches")
-    if mappable is not None:
-        canvas.colorbar(mappable, "score")
-    _stamp(canvas.fig, watermark)
-    if out_path is not None:
-        _save(canvas.fig, out_path)
-    return canvas.fig
+    return _finish(canvas, mappable, watermark, out_path)
 
 
 def plot_points(
@@ -419,12 +424,7 @@ def plot_points(
     canvas.name(w / 2, caption)
     _draw_points(canvas, pts, colours, style)
     _score_text(canvas, sc, style, "points")
-    if mappable is not None:
-        canvas.colorbar(mappable, "score")
-    _stamp(canvas.fig, watermark)
-    if out_path is not None:
-        _save(canvas.fig, out_path)
-    return canvas.fig
+    return _finish(canvas, mappable, watermark, out_path)
 
 
 def plot_heatmaps(
