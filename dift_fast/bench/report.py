@@ -47,6 +47,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_atomic
 from ..extractor import STAGES
 
 __all__ = ["format_table", "instability", "write_json"]
@@ -64,17 +65,10 @@ def _clean(value: Any) -> Any:
 
 
 def write_json(report: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``report`` to ``path`` (under a temporary name first, so a failure leaves no half-written file)."""
+    """Write ``report`` to ``path`` atomically (:func:`dift_fast.atomic.write_atomic`)."""
     path = Path(path)
-    text = json.dumps(_clean(report), indent=2, allow_nan=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomic(path, json.dumps(_clean(report), indent=2, allow_nan=False) + "\n")
 
 
 def instability(report: dict[str, Any]) -> list[str]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from ..atomic import atomic_path
 from .common import add_model_options, declare_needs, load_extractor
 
 EPILOG = """examples:
@@ -77,12 +77,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{target}: no edit: {result.reason}", file=sys.stderr)
             continue
         path = out / name
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
+        with atomic_path(path) as tmp:
             result.image.save(tmp, format="PNG")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         print(f"{target} -> {path}  ({result.inliers}/{result.points} RANSAC inliers)")
     if extractor.is_tiny:
         print("note: model 'tiny-random' has random weights; the propagated edits are meaningless", file=sys.stderr)

@@ -30,7 +30,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["IDENTITY_ATTR", "H5Journal", "H5SettingsError", "describe_diff", "import_h5py", "leaf_groups"]
+from ..atomic import fsync_folder
+from ..identity import describe_diff
+
+__all__ = ["IDENTITY_ATTR", "H5Journal", "H5SettingsError", "import_h5py", "leaf_groups"]
 
 IDENTITY_ATTR = "dift_fast_identity"
 logger = logging.getLogger(__name__)
@@ -66,12 +69,6 @@ def _fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def describe_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    """The settings two identities disagree on, for error messages."""
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return "; ".join(f"{k}: file has {old.get(k)!r}, this run {new.get(k)!r}" for k in keys)
 
 
 class H5Journal:
@@ -173,7 +170,7 @@ class H5Journal:
         old = json.loads(raw)
         if old != self.identity:
             raise H5SettingsError(
-                f"{self.label} {where} was made with other settings ({describe_diff(old, self.identity)}); rerun "
+                f"{self.label} {where} was made with other settings ({describe_diff(old, self.identity, old_name='file has')}); rerun "
                 "with those settings, or write to another path (the file is left untouched)"
             )
 
@@ -251,7 +248,7 @@ class H5Journal:
                 self._names = have
             _fsync_path(tmp)
             os.replace(tmp, self.path)
-            _fsync_path(self.path.parent)
+            fsync_folder(self.path.parent)
         finally:
             tmp.unlink(missing_ok=True)
         for part in parts:
