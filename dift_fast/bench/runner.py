@@ -20,9 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..backends import TORCH_DTYPES
 from ..config import BACKENDS, DTYPES, PRESETS, DiftConfig
 from ..extractor import STAGES, DiftExtractor, resolve_device, resolve_dtype
+from ..identity import dtype_name as dtype_name_of
 from ..loading import DiftComponents, load_components
+from ..run_flags import tf32_state
 from .baseline import ReferenceStyle
 from .environment import gpu_processes, machine
 from .memory import PeakMemory
@@ -296,11 +299,12 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] | None = N
         base = {"kind": "baseline", "backend": "torch", "dtype": "fp32", "compile": False, "batch_size": 1}
         reference = ReferenceStyle(components, config, device)
         reference.stage_recorder = clock.timer
-        sites.append(_Site(base, _reference_call(reference, inputs, clock), reference_flops, peaks.get("fp32")))
+        sites.append(_Site(base, _reference_call(reference, inputs, clock), reference_flops,
+                             peaks.get("fp32", tf32=tf32_state().get("cudnn") is not False)))  # torch's own flags
 
     seen: set[tuple[str, str]] = set()
     for backend, dtype_name in settings.configurations():
-        dtype = _dtype_name(resolve_dtype(dtype_name, device))
+        dtype = dtype_name_of(resolve_dtype(dtype_name, device))
         if (backend, dtype) in seen:  # e.g. "torch" and "torch:fp32" on the CPU
             continue
         seen.add((backend, dtype))
@@ -316,7 +320,7 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] | None = N
         extractor.stage_recorder = clock.timer
         for batch in settings.batch_sizes:
             call = _engine_call(extractor, run_config.replace(batch_size=batch), inputs[:batch], clock)
-            sites.append(_Site({**base, "batch_size": batch}, call, engine_flops, peaks.get(dtype)))
+            sites.append(_Site({**base, "batch_size": batch}, call, engine_flops, peaks.get(dtype, tf32=run_config.tf32)))
 
     _time_sites(sites, clock, settings, log)
     records = [_record(site, settings) for site in sites] + skipped
@@ -390,10 +394,6 @@ def _build_extractor(
         return None, f"{type(err).__name__}: {err}"
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-
-
 def _environment_warnings(device: torch.device, env: dict[str, Any]) -> list[str]:
     """Other work that would distort the timings: processes on the GPU, or a busy CPU."""
     out = []
@@ -421,22 +421,24 @@ class _PeakTable:
         self.name = env.get("gpu") or ""
         self._cache: dict[str, dict[str, Any] | None] = {}
 
-    def get(self, dtype: str) -> dict[str, Any] | None:
+    def get(self, dtype: str, *, tf32: bool) -> dict[str, Any] | None:
+        """The device's peak for ``dtype``; fp32 carries a note when TF32 was allowed in the measured calls."""
         if self.device.type != "cuda":
             return None
         if dtype not in self._cache:
             peak = peak_flops(self.name, dtype)
             if peak is None:
-                torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+                torch_dtype = TORCH_DTYPES[dtype]
                 peak = {
                     "flops_per_s": measured_matmul_flops(self.device, torch_dtype),
                     "label": self.name,
                     "source": f"measured: 8192x8192 {dtype} matmul (device not in the datasheet table)",
                 }
-            if dtype == "fp32" and torch.backends.cudnn.allow_tf32:
-                peak = {**peak, "note": "convolutions may use TF32 tensor cores (torch.backends.cudnn.allow_tf32)"}
             self._cache[dtype] = peak
-        return self._cache[dtype]
+        peak = self._cache[dtype]
+        if dtype == "fp32" and tf32 and peak is not None:
+            peak = {**peak, "note": "TF32 tensor cores allowed (matmuls and convolutions may round to TF32)"}
+        return peak
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
