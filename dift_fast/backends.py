@@ -18,6 +18,7 @@ from torch import nn
 
 from .backend_options import BackendOptions
 from .geometry import NetworkGeometry
+from .transfer import to_device
 
 __all__ = ["TORCH_DTYPES", "Backend", "TorchBackend", "create_backend", "placed_copy"]
 
@@ -139,8 +140,7 @@ class TorchBackend:
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` on the device, in the compute dtype and the networks' memory format (host tensors: no wait)."""
-        # non_blocking: a host tensor is staged by the copy itself, with no wait for the stream to drain
-        x = x.to(self.device, non_blocking=True).to(self.dtype)
+        x = to_device(x, self.device).to(self.dtype)  # a host tensor through pinned memory (dift_fast.transfer)
         return x.contiguous(memory_format=self.memory_format) if x.ndim == 4 else x
 
     @property

@@ -253,7 +253,6 @@ class DiftExtractor:
                                                self.backend_options, config=config)
         self.geometry = self.backend.geometry
         self.schedule = self.backbone.schedule
-        self.sqrt_alpha, self.sqrt_one_minus_alpha = self.schedule.coefficients(config.t)
         self.text_encoder = (placed_copy(components.text_encoder, self.device)
                              if components.text_encoder is not None else None)
         self._prompt_cache: dict[str, torch.Tensor] = {}
@@ -576,7 +575,7 @@ class DiftExtractor:
             if has_encoder:
                 mean, std = self._per_image(self.backend.encode, 1, pixels)
             else:  # pixel space: the image is the diffusion-space sample
-                mean, std = pixels.to(self.device, torch.float32), None
+                mean, std = to_device(pixels, self.device).float(), None
             stages.begin("noise")
             eps = None
             if noise is not None:
