@@ -38,7 +38,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MAX_AUTO_BATCH = 32  # images per micro-batch at most (the feature store caps its measured size the same)
+MAX_AUTO_BATCH = 32  # images per micro-batch at most (here and in the feature store's measured size)
 # Share of the free memory the estimate may fill: the rest covers what the estimate does not see (cuDNN workspaces
 # of up to a few hundred MB, the caching allocator's rounding and fragmentation, CUDA graph pools, the text
 # encoder's activations) and leaves other processes on the GPU room to breathe.
@@ -230,7 +230,7 @@ def resolve_batch_size(
             "batch_size='auto': could not estimate the memory per image (%s: %s); using 1", type(err).__name__, err
         )
         return 1
-    free = (free_bytes or _cuda_free_bytes)(device)
+    free = (free_bytes or cuda_free_bytes)(device)
     batch = batch_size_for_memory(free, per_image.total)
     logger.info(
         "batch_size='auto': %d images (%.0f MiB free, %.0f MiB per image: %s)",
@@ -242,7 +242,7 @@ def resolve_batch_size(
     return batch
 
 
-def _cuda_free_bytes(device: torch.device) -> int:
+def cuda_free_bytes(device: torch.device) -> int:
     """Free device memory plus what torch's caching allocator holds unused (it reuses that first)."""
     free, _ = torch.cuda.mem_get_info(device)
     return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..batch_size import MAX_AUTO_BATCH, batch_size_for_memory, cuda_free_bytes
 from ..images import ImageError, PreparedImage
 from .sources import ImageSource, load_prepared
 from .store import FeatureStore
@@ -33,7 +34,6 @@ __all__ = ["RunResult", "StageTimes", "StorePipeline", "auto_batch_size"]
 
 logger = logging.getLogger(__name__)
 
-MAX_AUTO_BATCH = 32
 
 
 @dataclass
@@ -78,9 +78,7 @@ def auto_batch_size(extractor: Any, sample: PreparedImage, cap: int = MAX_AUTO_B
     base = torch.cuda.memory_allocated(dev)
     extractor.extract_prepared([sample])
     per_image = max(torch.cuda.max_memory_allocated(dev) - base, 1)
-    free, _ = torch.cuda.mem_get_info(dev)
-    bs = int(0.7 * (free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)) // per_image)
-    return max(1, min(cap, bs))
+    return batch_size_for_memory(cuda_free_bytes(dev), per_image, cap=cap)  # the extractor's rule, measured
 
 
 def _copy_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
