@@ -20,8 +20,8 @@ S = 9216: 1.7 GB per UNet row and head group). Whether the flag matters depends 
 
 So the classic processor is swapped in only for attention modules that ask for ``upcast_attention``, run in fp16,
 and on which SDPA would pick the math kernel: there it costs no more memory than the math kernel and it holds on
-every torch version and whatever that switch says. Everywhere else SDPA runs (no score tensor; on CUDA 2-3x faster
-than the classic processor at SD's sizes). bf16 has float32's exponent range and needs neither. The extractor's
+every torch version and whatever that switch says. Everywhere else SDPA runs (no score tensor written; expected to be
+several times faster than the classic processor on CUDA, not measured: no GPU has run this code). bf16 has float32's exponent range and needs neither. The extractor's
 non-finite check stays as the net under all of this.
 
 The choice depends on the device, dtype, head count, head size and the switches, not on the sequence lengths

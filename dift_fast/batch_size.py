@@ -5,7 +5,8 @@ The footprint of one image is measured on the architecture itself, without weigh
 networks are copied to the ``meta`` device and run once on a one-row input of the configured image size while a
 dispatch mode follows every tensor the pass creates and frees (:func:`peak_activation_bytes`). That gives the
 peak of live activations of one UNet row (E rows per image) and of one encoder image, which grow linearly with
-the rows (measured: 129 MB per UNet row and 720 MB per VAE image for SD 2.1 at 768² in bf16). Attention run by
+the rows (counted by this trace on the meta device: 129 MB per UNet row and 720 MB per VAE image for SD 2.1 at
+768² in bf16; not yet compared with a GPU's measured peak). Attention run by
 SDPA's math kernel materialises its scores inside one operation; they are added where that kernel would run.
 
 :func:`batch_size_for_memory` turns free memory and the per-image bytes into a batch size: a fraction of the free

@@ -1,4 +1,5 @@
-"""Latency and throughput benchmarking of the engine (``dift-fast bench``), the one timing code of the project.
+"""Latency and throughput benchmarking of the engine (``dift-fast bench``), the timing code of the
+product (the developer scripts under benchmarks/ keep small timers of their own for kernels and exports).
 
 Modules, one job each: :mod:`~dift_fast.bench.stats` (percentiles, coefficient of variation, the stability limit),
 :mod:`~dift_fast.bench.timers` (perf_counter / CUDA-event call and stage timers), :mod:`~dift_fast.bench.memory`
