@@ -183,7 +183,8 @@ def export_onnx(
         components: :class:`dift_fast.loading.DiftComponents` of any backbone (fp32, as ``load_components`` returns
             them).
         out_dir: folder for the graphs and ``manifest.json``; default a cache folder named by the export key.
-        dtype: weight and compute dtype of the graphs (GroupNorm and attention softmax stay fp32).
+        dtype: weight and compute dtype of the graphs (GroupNorm statistics stay fp32; the attention softmax is in the
+            graph dtype, :mod:`dift_fast.export.attention`).
         image_size: (W, H) of the images; the static spatial size, or the trace size when ``dynamic_size``.
         dynamic_size: symbolic height and width (batch is always dynamic).
         fixed_prompt: fold this prompt's embedding into the network graph (it then takes only x_t and timestep);

@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the feature block (preset's by default)")
     p.add_argument("--image-size", default=None, help="WxH of the static graph (preset's by default)")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
-                   help="graph weights and compute (GroupNorm statistics and softmax stay fp32); default fp32")
+                   help="graph weights and compute (GroupNorm statistics stay fp32; attention softmax runs in the "
+                        "graph dtype, fp32 inside TensorRT's fused kernel); default fp32")
     p.add_argument("--dynamic-size", action="store_true", help="symbolic height and width")
     p.add_argument("--fixed-prompt", default=None, metavar="TEXT",
                    help="fold this prompt's embedding into the UNet graph (no text input)")
