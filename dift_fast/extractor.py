@@ -253,6 +253,7 @@ class DiftExtractor:
                                                self.backend_options, config=config)
         self.geometry = self.backend.geometry
         self.schedule = self.backbone.schedule
+        self.schedule.coefficients(config.t)  # t must be a step of the schedule: refused here, before any image
         self.text_encoder = (placed_copy(components.text_encoder, self.device)
                              if components.text_encoder is not None else None)
         self._prompt_cache: dict[str, torch.Tensor] = {}

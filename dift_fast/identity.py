@@ -239,6 +239,7 @@ def config_identity(
                 graph_dtype = str(json.loads(manifest.read_text())["dtype"])
             except (OSError, ValueError, KeyError, TypeError):
                 pass  # the backend refuses the export with its own message when it loads it
+    ran = ran_graph_dtype(config.backend, graph_dtype, backend_options)
     return feature_identity(
         backbone_for(config).model_identity(),
         t=config.t if t is None else t,
@@ -248,9 +249,9 @@ def config_identity(
         seed=config.seed,
         image_size=config.image_size,
         backend=config.backend,
-        graph_dtype=ran_graph_dtype(config.backend, graph_dtype, backend_options),
+        graph_dtype=ran,
         device_type=dev.type,
-        tf32=ran_tf32(config.backend, ran_graph_dtype(config.backend, graph_dtype, backend_options), dev.type, config),
+        tf32=ran_tf32(config.backend, ran, dev.type, config),
     )
 
 

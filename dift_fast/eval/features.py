@@ -169,8 +169,6 @@ class GridFeatureCache:
 
     def __init__(self, root: str | os.PathLike, extractor: Any, cells: Sequence[tuple[int, int]],
                  memory_items: int = 64) -> None:
-        from ..identity import extractor_identity
-
         extractor.grid_plan(cells=list(cells))  # every cell computable by this extractor (else ValueError)
         self.extractor = extractor
         self.caches: dict[tuple[int, int], FeatureCache] = {}

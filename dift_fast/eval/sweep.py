@@ -10,7 +10,6 @@ A cell's score is kept under ``OUT/cells/`` keyed by its feature identity and th
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -22,7 +21,7 @@ from typing import Any
 
 from ..atomic import atomic_path, write_atomic
 from ..grid import Cell, cell_label, cell_name, grid_cells
-from ..identity import extractor_identity
+from ..identity import extractor_identity, identity_digest
 from .features import FeatureCache, GridFeatureCache
 from .report import RANDOM_WEIGHTS_NOTE, Report, _finite
 
@@ -290,7 +289,7 @@ def _read_record(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _digest(key: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(_jsonable(key), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return identity_digest(_jsonable(key))
 
 
 def _jsonable(value: Any) -> Any:

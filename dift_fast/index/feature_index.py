@@ -394,7 +394,7 @@ def _checksum(header: str, blob: np.ndarray) -> str:
     """sha256 over an index file's header text and faiss bytes."""
     h = hashlib.sha256(header.encode())
     h.update(b"\0")
-    h.update(np.ascontiguousarray(blob).tobytes())
+    h.update(np.ascontiguousarray(blob))  # hashed in place, no copy
     return h.hexdigest()
 
 

@@ -498,7 +498,7 @@ def _feature_checksum(data: torch.Tensor, meta: dict[str, str]) -> str:
     header = {k: meta.get(k) for k in ("format", "name", "original_size", "image_key")}
     h.update(json.dumps([str(data.dtype), list(data.shape), header], sort_keys=True).encode())
     flat = data.contiguous().view(-1)
-    h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    h.update(flat.view(torch.uint8).numpy() if flat.numel() else b"")  # hashed in place, no copy
     return h.hexdigest()
 
 
