@@ -435,3 +435,19 @@ def test_empty_pairs_file_is_an_error(scene, tiny_extractor_factory):
     scene[2].write_text("# nothing yet\n\n")
     with pytest.raises(ValueError, match="lists no pairs"):
         run(scene, tiny_extractor_factory())
+
+
+def test_identity_takes_the_export_dirs_graph_dtype(tmp_path, tiny_model_dir):
+    """With --export-dir, the features' identity names the export's graph dtype (what runs), as the extractor's
+    own identity will: an fp16 export configured as fp32 must not be refused once the extractor loads."""
+    from dift_fast import DiftConfig
+    from dift_fast.backend_options import OrtOptions
+    from dift_fast.interop.match_pairs import _dift_identity
+
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "manifest.json").write_text('{"dtype": "fp16"}')
+    config = DiftConfig(model=str(tiny_model_dir), backend="onnxruntime", device="cpu", dtype="fp32")
+    with_dir, _ = _dift_identity(config, None, OrtOptions(export_dir=str(export)))
+    without, _ = _dift_identity(config, None)
+    assert with_dir["graph_dtype"] == "fp16" and without["graph_dtype"] == "fp32"

@@ -9,7 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_model_options, config_overrides, declare_needs, load_extractor, resolved_preset
+from .common import (
+    add_model_options,
+    backend_options_from_args,
+    config_overrides,
+    declare_needs,
+    load_extractor,
+    resolved_preset,
+)
 
 MAX_LISTED_FAILURES = 20
 
@@ -52,10 +59,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..backend_options import backend_options_for
     from ..config import DiftConfig
     from ..interop.match_pairs import match_pairs
 
     config = DiftConfig.from_preset(resolved_preset(args), **config_overrides(args))
+    options = backend_options_from_args(args)
     summary = match_pairs(
         args.images,
         args.pairs,
@@ -63,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         args.matches,
         config=config,
         extractor=lambda: load_extractor(args),
+        backend_options=backend_options_for(config.backend, options) if options else None,
         keypoints=args.keypoints,
         store=args.store,
         convention=args.convention,

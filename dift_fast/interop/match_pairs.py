@@ -67,7 +67,7 @@ class MatchPairsSummary:
         return not self.failed and not self.pairs_skipped
 
 
-def _dift_identity(config: DiftConfig, store: Any) -> tuple[dict[str, Any], bool]:
+def _dift_identity(config: DiftConfig, store: Any, backend_options: Any = None) -> tuple[dict[str, Any], bool]:
     """The feature identity (:mod:`dift_fast.identity`) of this run's maps, and whether the model has random weights.
 
     Without ``--store`` the maps are the extractor's full fp32 maps: their identity is predicted from the config
@@ -79,7 +79,7 @@ def _dift_identity(config: DiftConfig, store: Any) -> tuple[dict[str, Any], bool
     from ..store.identity import feature_part
 
     tiny = is_tiny_model(config)
-    features = config_identity(config)
+    features = config_identity(config, backend_options=backend_options)  # an --export-dir's dtype is what runs
     if store is None:
         return features, tiny
     if feature_part(store.meta["identity"]) != features:
@@ -98,6 +98,7 @@ def match_pairs(
     *,
     config: DiftConfig,
     extractor: Any = None,
+    backend_options: Any = None,
     keypoints: str = "grid:cell",
     store: str | os.PathLike | None = None,
     convention: str = "aligned",
@@ -116,6 +117,8 @@ def match_pairs(
         config: the extraction settings (recorded in both files; a file made with others is refused).
         extractor: a loaded :class:`~dift_fast.DiftExtractor` with ``config``, or a zero-argument callable that
             loads one (called only when some image must be extracted), or None to load from ``config``.
+        backend_options: the options the extractor is (or will be) built with (``OrtOptions``/``TrtOptions``): an
+            ``export_dir``'s graph dtype is part of the features' identity.
         keypoints: ``grid:cell`` (centre of every feature cell), ``grid:STRIDE`` (pixels) or ``h5:PATH``.
         store: a feature store (``dift-fast extract ROOT --out STORE``) to read maps from; it must have been
             made with ``config`` (else refused); images it lacks are extracted and encoded as it encodes.
@@ -153,7 +156,7 @@ def match_pairs(
             from ..store import FeatureStore
 
             feature_store = FeatureStore.open(store)
-        dift, tiny = _dift_identity(config, feature_store)
+        dift, tiny = _dift_identity(config, feature_store, backend_options)
         feature_identity = {
             "format": FEATURES_FORMAT,
             **dift,
@@ -168,6 +171,12 @@ def match_pairs(
             **{f"features.{k}": v for k, v in feature_identity.items() if k != "format"},
         }
         summary = MatchPairsSummary(pairs=len(pair_list), tiny_random=tiny)
+        if extractor is None and backend_options is not None:
+            from ..extractor import DiftExtractor
+
+            def extractor() -> Any:
+                return DiftExtractor.from_pretrained(config=config, backend_options=backend_options)
+
         run = _Run(
             image_dir,
             config,
