@@ -11,7 +11,9 @@ keyed by the export's weights hash, its backbone and block, and the content hash
 :mod:`dift_fast.hashing`, the one content-hash mechanism: read once, then cached by path, size, mtime, ctime and
 inode). While those files are unchanged, the next backend built on the same model and export loads neither the
 network nor the encoder. Components whose networks are already in memory are always hashed: their weights may have
-been changed after loading.
+been changed after loading. Exports made into the cache (no ``export_dir``) are found the same way: an index under
+``cache_root()/export-index``, keyed by that content hash, the backbone, block, dtype and attention form, names the
+cache folder, so a later run does not load the networks to compute the export key.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dift_fast.atomic import write_atomic
 from dift_fast.backend_options import BackendOptions, backend_options_for
 from dift_fast.cache import cache_root
 
+from .attention import ATTENTION_FORM
 from .graphs import export_onnx
 from .keys import weights_hash
 from .manifest import MANIFEST_NAME, ManifestError, load_manifest, stable_hash
@@ -38,6 +41,7 @@ __all__ = ["backend_export", "model_weights_sha256", "resolve_export", "verify_e
 logger = logging.getLogger(__name__)
 
 CHECKS_SUBDIR = "export-checks"
+INDEX_SUBDIR = "export-index"  # model files' content hash + what was exported -> the cache folder holding it
 
 
 def model_weights_sha256(components: Any) -> str:
@@ -49,6 +53,27 @@ def _check_marker(components: Any, manifest: dict[str, Any]) -> Path:
     key = stable_hash({"weights_sha256": manifest["model"]["weights_sha256"], "up_ft_index": manifest["up_ft_index"],
                        "backbone": components.backbone.name, "model_files_sha256": model_weights_sha256(components)})
     return cache_root() / CHECKS_SUBDIR / f"{key[:32]}.json"
+
+
+def _index_marker(components: Any, dtype: str) -> Path:
+    """Where the cache remembers which folder holds this model's dynamic-size ``dtype`` export of its block.
+
+    Keyed by the content hash of the model's weight files (cached by file stat, :mod:`dift_fast.hashing`), so a
+    later run finds the export without loading the networks to hash them; changed files give another key.
+    """
+    key = stable_hash({"model_files_sha256": model_weights_sha256(components), "backbone": components.backbone.name,
+                       "up_ft_index": components.up_ft_index, "dtype": dtype, "dynamic_size": True,
+                       "attention": ATTENTION_FORM})
+    return cache_root() / INDEX_SUBDIR / f"{key[:32]}.json"
+
+
+def _indexed_export(marker: Path) -> Path | None:
+    """The export folder ``marker`` names, when it still holds a manifest."""
+    try:
+        folder = Path(json.loads(marker.read_text())["export"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return folder if (folder / MANIFEST_NAME).is_file() else None
 
 
 def verify_export_weights(components: Any, manifest: dict[str, Any], folder: Path) -> None:
@@ -84,8 +109,20 @@ def resolve_export(components: Any, dtype: torch.dtype, export_dir: str | os.Pat
                    no_build: bool = False, check_weights: bool = True) -> tuple[Path, dict[str, Any]]:
     """The export folder to run: ``export_dir`` when it holds an export, else a new (cached) dynamic-size export.
 
-    An existing export must be of the same model (weights hash) and block; its dtype wins over ``dtype``.
+    An existing export must be of the same model (weights hash) and block; its dtype wins over ``dtype``. Without
+    ``export_dir``, an export this model's unchanged files were exported to before is found through the cache's
+    index, without loading the networks; a damaged one is exported again.
     """
+    name = dtype_name(dtype)
+    index = None
+    if export_dir is None and not components.has_networks and name is not None:
+        index = _index_marker(components, name)
+        cached = _indexed_export(index)
+        if cached is not None:
+            try:
+                return resolve_export(components, dtype, cached, no_build=True, check_weights=check_weights)
+            except (ManifestError, ValueError) as err:
+                logger.info("cached export %s not used (%s); exporting again", cached, err)
     if export_dir is not None and (Path(export_dir) / MANIFEST_NAME).is_file():
         folder = Path(export_dir)
         manifest = load_manifest(folder)  # every file against its sha256
@@ -105,7 +142,6 @@ def resolve_export(components: Any, dtype: torch.dtype, export_dir: str | os.Pat
     if no_build:
         where = export_dir if export_dir is not None else "the export cache"
         raise ManifestError(f"no export in {where} and no_build is set; run `dift-fast export --out DIR` first")
-    name = dtype_name(dtype)
     if name is None:
         raise ValueError(f"dtype {dtype} cannot be exported; use fp32, fp16 or bf16")
     logger.info("exporting ONNX graphs (dynamic size, %s) for the onnxruntime or tensorrt backend", name)
@@ -113,6 +149,8 @@ def resolve_export(components: Any, dtype: torch.dtype, export_dir: str | os.Pat
     folder, manifest = export_onnx(components, export_dir, dtype=name, dynamic_size=True)
     if loaded_here:  # read from the files just now: the new export is checked, and the backend runs its graphs
         _remember_check(_check_marker(components, manifest), components, folder)
+        if index is not None:  # the next run finds this export without loading the networks
+            _remember_check(index, components, folder)
         components.unet = components.vae = None
     return folder, manifest
 

@@ -621,6 +621,28 @@ def test_cpu_onnxruntime_is_one_flag(tiny_model_dir, tmp_path, monkeypatch):
         assert relative_l2(load_features(tmp_path / f"{run}.safetensors").features, ref) < 1e-4
 
 
+def test_cached_onnxruntime_export_is_found_without_loading_the_networks(tiny_model_dir, tmp_path, monkeypatch):
+    """Later runs of the one-flag path find the cached export through the index keyed by the weight files' content
+    hash: the UNet and VAE are not loaded (nor hashed) again."""
+    pytest.importorskip("onnxruntime", reason="the onnxruntime backend needs onnxruntime (pip install dift-fast[onnx])")
+    from dift_fast.backbones.base import DiftComponents
+
+    monkeypatch.setenv("DIFT_FAST_CACHE", str(tmp_path / "cache"))
+    kwargs = dict(backend="onnxruntime", image_size=(64, 48), ensemble_size=2, device="cpu")
+    first = DiftExtractor.from_pretrained(str(tiny_model_dir), **kwargs)
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    expected = first.extract([image])
+
+    def no_loading(self, *args, **kw):
+        raise AssertionError("the networks were loaded although the export is cached")
+
+    with monkeypatch.context() as m:
+        m.setattr(DiftComponents, "load_networks", no_loading)
+        second = DiftExtractor.from_pretrained(str(tiny_model_dir), **kwargs)
+        assert torch.equal(second.extract([image]), expected)
+    assert len(list((tmp_path / "cache" / "onnx").iterdir())) == 1
+
+
 # -- the non-finite check without a host wait per micro-batch (item 10) -------------------------------------------
 
 
