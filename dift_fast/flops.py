@@ -64,7 +64,6 @@ def measure_costs(
     vae_config: dict[str, Any],
     image_size: tuple[int, int],
     up_ft_index: int,
-    text_encoder: nn.Module | None = None,
     text_encoder_parameters: int | None = None,
 ) -> CostReport:
     """SD: build the UNet and VAE from their configs on the meta device and count parameters and FLOPs for one image."""
@@ -81,8 +80,6 @@ def measure_costs(
         context = torch.zeros(1, 77, unet.config.cross_attention_dim)
         vae_flops = count_flops(vae.moments, image)
         unet_flops = count_flops(unet, latent, torch.tensor([1]), context)
-    if text_encoder is not None:
-        text_encoder_parameters = count_parameters(text_encoder)
     return CostReport(
         image_size=(w, h),
         block=up_ft_index,
