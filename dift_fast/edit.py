@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from .extras import import_extra
-from .images import ImageLike, load_rgb, prepare_image
+from .images import ImageLike, describe_source, load_rgb, prepare_image
 from .matching import match_points
 
 __all__ = [
@@ -180,7 +180,7 @@ def transfer_edit(
     if not 0.0 <= min_inlier_fraction <= 1.0:
         raise ValueError(f"min_inlier_fraction must be in [0, 1], got {min_inlier_fraction}")
     image_size = extractor.config.image_size
-    src = prepare_image(load_rgb(source), image_size, name=_name(source))
+    src = prepare_image(load_rgb(source), image_size, name=describe_source(source))
     edit = load_edit(edit_rgba, src.original_size)
     src_points = sample_edit_points(edit[..., 3], n_points, seed)
     required = max(int(min_inliers), 4, math.ceil(min_inlier_fraction * len(src_points)))
@@ -188,7 +188,7 @@ def transfer_edit(
         src_feat = extractor.extract_prepared([src], prompt).features[0]
     results = []
     for target in targets:
-        label = _name(target)
+        label = describe_source(target)
         try:
             rgb = load_rgb(target, label)
             tgt = prepare_image(rgb, image_size, name=label)
@@ -243,7 +243,3 @@ def propagate_edit(
         if r.image is None:
             warnings.warn(f"no edit for target {r.name}: {r.reason}", EditPropagationWarning, stacklevel=2)
     return [r.image for r in results]
-
-
-def _name(image: Any) -> str:
-    return str(image) if isinstance(image, (str, os.PathLike)) else f"<{type(image).__name__}>"

@@ -95,7 +95,7 @@ def open_rgb(fp: Any, label: str) -> Image.Image:
 
 def load_rgb(source: Any, name: str | None = None) -> Image.Image:
     """Open ``source`` (path, PIL image or uint8 array ``[H, W]``/``[H, W, 1|3|4]``) as an 8-bit RGB PIL image."""
-    label = name or _describe(source)
+    label = name or describe_source(source)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
@@ -136,7 +136,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     return load_rgb(path)
 
 
-def _describe(source: Any) -> str:
+def describe_source(source: Any) -> str:
+    """How messages name an input image: its path, or ``<PIL.Image>``-style for an in-memory one."""
     if isinstance(source, (str, os.PathLike)):
         return str(source)
     return f"<{type(source).__name__}>"
@@ -190,7 +191,7 @@ def prepare_image(source: ImageLike, image_size: tuple[int, int] | None, name: s
     ``[3, H, W]`` is raw pixels (0..255, torchvision's ``read_image``) and is preprocessed like an image file.
     Bool, integer, non-finite and out-of-range float tensors are refused with a message saying what is expected.
     """
-    label = name or _describe(source)
+    label = name or describe_source(source)
     if isinstance(source, torch.Tensor):
         pixels = _tensor_pixels(source, label)
         if isinstance(pixels, torch.Tensor):
