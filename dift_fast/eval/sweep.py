@@ -139,6 +139,8 @@ def run_sweep(
         else:
             todo.append(((t, k), path, key))
     scored = []
+    if scores:  # a typo in --metric fails now, not after every cell has been scored
+        _check_metric(metric, benchmark, scores)
     if todo:
         grid = GridFeatureCache(cache_root, extractor, [cell for cell, _, _ in todo])
         for (t, k), path, key in tqdm(todo, desc=f"sweep {benchmark}", unit="cell", disable=not progress):
@@ -156,13 +158,19 @@ def run_sweep(
             write_atomic(path, json.dumps(_finite(record), indent=1, sort_keys=True) + "\n")
             scores[(t, k)] = record
             scored.append((t, k))
-    measured = {m for r in scores.values() for m in r["metrics"]}
-    if metric not in measured:
-        raise ValueError(f"metric {metric!r} is not one {benchmark} measures; choose one of {sorted(measured)}")
+            if len(scores) == 1:  # the first cell's record shows what the benchmark measures
+                _check_metric(metric, benchmark, scores)
+    _check_metric(metric, benchmark, scores)
     notes = [RANDOM_WEIGHTS_NOTE] if extractor.is_tiny else []
     result = SweepResult(benchmark, metric, timesteps, blocks, scores, scored, notes)
     result.files = write_sweep(result, out)
     return result
+
+
+def _check_metric(metric: str, benchmark: str, scores: dict[Cell, dict[str, Any]]) -> None:
+    measured = {m for r in scores.values() for m in r["metrics"]}
+    if metric not in measured:
+        raise ValueError(f"metric {metric!r} is not one {benchmark} measures; choose one of {sorted(measured)}")
 
 
 # -- output ---------------------------------------------------------------------------------------------------

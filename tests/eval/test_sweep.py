@@ -158,6 +158,14 @@ def test_sweep_on_every_backbone_validates_blocks(tiny_model_dir, tmp_path, caps
     assert "metric 'nonsense' is not one synthetic-homography measures; choose one of" in capsys.readouterr().err
 
 
+def test_a_bad_metric_fails_after_the_first_cell(tiny_model_dir, tmp_path, capsys):
+    argv = ["sweep", *SYNTH, "--model", str(tiny_model_dir), "--image-size", "64x48", "--timesteps", "0,100,200",
+            "--blocks", "1", "--metric", "nonsense", "--out", str(tmp_path / "m")]
+    assert main(argv) == 2
+    assert "metric 'nonsense' is not one" in capsys.readouterr().err
+    assert len(list((tmp_path / "m" / "cells").glob("*.json"))) == 1  # one cell scored, not the whole grid
+
+
 def test_best_cell_and_table_with_missing_values():
     def record(value):
         return {"metrics": {"m": value}}
