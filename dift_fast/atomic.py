@@ -25,7 +25,9 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_folder", "atomic_path", "write_atomic"]
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # the write failed for want of space (or quota)
+
+__all__ = ["DISK_FULL_ERRNOS", "atomic_folder", "atomic_path", "write_atomic"]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import sys
 
@@ -11,7 +10,6 @@ from ..grid import cell_name
 from .common import add_model_options, load_extractor
 
 FILE_SUFFIXES = (".safetensors",)
-EXIT_DISK_FULL = 3  # as in store mode
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,10 +61,12 @@ def run_file_extract(args: argparse.Namespace) -> int:
     or when its features are not finite (fp16 overflow): the same rule as store mode. With a grid of several
     (t, block) cells the file holds one tensor per cell, each with its feature identity.
     """
+    from ..atomic import DISK_FULL_ERRNOS
     from ..grid import cell_label, grid_cells
     from ..identity import extractor_identity
     from ..images import ImageError, prepare_image
     from ..io import save_feature_grid, save_features
+    from ..store.cli import EXIT_DISK_FULL
     from .grid_options import base_config, grid_from_args, load_grid_extractor
 
     grid = grid_from_args(args, base_config(args))
@@ -95,7 +95,7 @@ def run_file_extract(args: argparse.Namespace) -> int:
                                     batch.image_keys, {(t, k): extractor_identity(extractor, t=t, block=k)
                                                        for t, k in cells}, extra=extra)
     except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if err.errno not in DISK_FULL_ERRNOS:
             raise
         print(f"dift-fast extract: stopped: disk full while writing {args.out} ({os.strerror(err.errno)}); nothing "
               "was written: free some space and rerun", file=sys.stderr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import re
@@ -44,8 +43,10 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_export_h5(args: argparse.Namespace) -> int:
+    from ..atomic import DISK_FULL_ERRNOS
     from ..grid import parse_cell
     from ..store import export_h5
+    from ..store.cli import EXIT_DISK_FULL
 
     cell = parse_cell(args.cell) if args.cell is not None else None
     try:
@@ -58,7 +59,7 @@ def run_export_h5(args: argparse.Namespace) -> int:
             code = int(found.group(1))
         reason = os.strerror(code) if code else str(err)
         print(f"dift-fast store: stopped: could not write {args.out} ({reason}); nothing was written", file=sys.stderr)
-        return 3 if code in (errno.ENOSPC, errno.EDQUOT) else 2
+        return EXIT_DISK_FULL if code in DISK_FULL_ERRNOS else 2
     print(f"wrote {result.path}: {result.images} images")
     for reason in result.skipped.values():
         print(f"  skipped: {reason}", file=sys.stderr)

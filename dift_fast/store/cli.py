@@ -12,7 +12,7 @@ import sys
 from ..cli.common import DeprecatedAlias
 
 EXIT_FAILED_IMAGES = 1
-EXIT_DISK_FULL = 3
+EXIT_DISK_FULL = 3  # a command stopped by a full disk (file and store mode, store export-h5)
 MAX_LISTED_FAILURES = 20
 
 

@@ -22,7 +22,6 @@ nor a store is never written to or deleted.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import json
@@ -38,7 +37,7 @@ from typing import Any
 
 import torch
 
-from ..atomic import write_atomic
+from ..atomic import DISK_FULL_ERRNOS, write_atomic
 from .identity import StoreDtype, describe_diff
 from .pca import Pca
 
@@ -58,7 +57,6 @@ READABLE_FORMATS = ("dift-fast-store/1", FORMAT)
 # A temporary file of dift_fast.atomic: ".<target>.<32 hex digits>.tmp".
 _ATOMIC_TEMP = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
 _TORCH_STORE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class StoreError(RuntimeError):
@@ -483,7 +481,7 @@ def _remove_leftovers(root: Path, created_root: bool) -> None:
 
 
 def _raise_if_full(err: OSError, root: Path, doing: str) -> None:
-    if err.errno in _DISK_FULL:
+    if err.errno in DISK_FULL_ERRNOS:
         state = ("nothing was left there" if doing == "creating the store" else
                  "the store is consistent")
         raise StoreFullError(
