@@ -27,6 +27,7 @@ import torch
 
 from ..batch_size import MAX_AUTO_BATCH, batch_size_for_memory, cuda_free_bytes
 from ..images import ImageError, PreparedImage
+from .grid import StoreGrid
 from .sources import ImageSource, load_prepared
 from .store import FeatureStore
 
@@ -282,7 +283,7 @@ class StorePipeline:
     def _features(self, chunk: list[PreparedImage]) -> list[tuple[str, Any, tuple[int, int], int]]:
         """(name, CPU float32 map, original size, noise key) per image; for a :class:`StoreGrid` the map is
         ``{(t, block): [C, h, w]}`` of the cells these images lack, all from one pass per t (``extract_grid_prepared``)."""
-        cells = self.store.cells_for([p.name for p in chunk]) if hasattr(self.store, "cells_for") else None
+        cells = self.store.cells_for([p.name for p in chunk]) if isinstance(self.store, StoreGrid) else None
         if cells is None:
             fb = self.extractor.extract_prepared(chunk)
             feats = fb.features.detach().to("cpu", torch.float32).unbind(0)
@@ -309,7 +310,7 @@ class StorePipeline:
         from .identity import feature_part
         from .store import StoreConfigError
 
-        stores = getattr(self.store, "stores", None)  # a StoreGrid: every cell against its own store
+        stores = self.store.stores if isinstance(self.store, StoreGrid) else None  # every cell against its own store
         for cell, store in (stores.items() if stores is not None else [(None, self.store)]):
             mine = extractor_identity(self.extractor) if cell is None else \
                 extractor_identity(self.extractor, t=cell[0], block=cell[1])
