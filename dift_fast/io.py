@@ -88,7 +88,7 @@ def save_features(
     meta = _batch_meta(FORMAT, names, original_sizes, config, image_keys, extra)
     if identity is not None:
         meta["identity"] = json.dumps(identity, sort_keys=True)
-    return _write(path, {"features": features}, meta)
+    return write_safetensors(path, {"features": features}, meta)
 
 
 def save_feature_grid(
@@ -114,10 +114,11 @@ def save_feature_grid(
              for t, k in features]
     meta = _batch_meta(GRID_FORMAT, names, original_sizes, config, image_keys, extra)
     meta["cells"] = json.dumps(cells, sort_keys=True)
-    return _write(path, {c["tensor"]: features[(c["t"], c["block"])] for c in cells}, meta)
+    return write_safetensors(path, {c["tensor"]: features[(c["t"], c["block"])] for c in cells}, meta)
 
 
-def _write(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Path:
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Path:
+    """Write ``tensors`` and ``meta`` to a safetensors file atomically; a failed write (disk full) is an OSError."""
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..atomic import atomic_path, write_atomic
+from ..atomic import write_atomic
 from ..identity import extractor_identity, identity_digest
 from ..images import PreparedImage
 
@@ -88,10 +88,9 @@ class FeatureCache:
         return self.path(ident).is_file()
 
     def put(self, ident: str, features: torch.Tensor) -> None:  # features: [C, h, w]
-        from safetensors.torch import save_file
+        from ..io import write_safetensors
 
-        with atomic_path(self.path(ident)) as tmp:
-            save_file({"features": features.detach().cpu().contiguous()}, str(tmp), metadata={"ident": ident})
+        write_safetensors(self.path(ident), {"features": features}, {"ident": ident})
 
     def get(self, ident: str) -> torch.Tensor:  # [C, h, w]
         """Features of ``ident`` (KeyError when they were never computed)."""
